@@ -1,0 +1,3 @@
+from ecm_edge.cli.main import main
+
+main()

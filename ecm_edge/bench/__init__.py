@@ -1,0 +1,36 @@
+"""Benchmarks behind ``ecm-edge bench``: each part measures a component against a baseline in the same run.
+
+A part is a function ``run(quick: bool) -> BenchSection`` in a module of this package, registered in
+:data:`PARTS`. Results are ratios against a baseline measured in the same process, never absolute targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# part name -> (module, function). Add a part by adding a line here.
+PARTS: dict[str, tuple[str, str]] = {}
+
+
+@dataclass
+class BenchSection:
+    title: str
+    headers: list[str]
+    rows: list[list[object]]
+    notes: list[str] = field(default_factory=list)
+
+    def to_markdown(self) -> str:
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.headers) + " |",
+                 "|" + "|".join("---" for _ in self.headers) + "|"]
+        lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in self.rows]
+        if self.notes:
+            lines += [""] + [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        if value == 0 or 1e-3 <= abs(value) < 1e5:
+            return f"{value:.4g}" if abs(value) < 10 else f"{value:,.1f}"
+        return f"{value:.3g}"
+    return str(value)

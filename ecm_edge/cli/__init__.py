@@ -1,0 +1,1 @@
+"""The ecm-edge command line (click)."""

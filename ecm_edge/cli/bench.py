@@ -1,0 +1,56 @@
+"""``ecm-edge bench``: one markdown report over all benchmark parts (or the ones named)."""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import platform
+from pathlib import Path
+
+import click
+
+from ecm_edge.bench import PARTS, BenchSection
+from ecm_edge.environment import environment_report
+from ecm_edge.errors import EcmEdgeError
+from ecm_edge.io import atomic_write_text
+
+
+@click.command(epilog=f"Parts: {', '.join(PARTS) or '(none registered)'}.")
+@click.argument("parts", nargs=-1)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the markdown report here (default: print it only).")
+@click.option("--quick", is_flag=True, help="Smaller inputs and fewer repeats (smoke run).")
+def bench(parts: tuple[str, ...], output: Path | None, quick: bool) -> None:
+    """Run benchmark PARTS (default: all) and print a markdown report.
+
+    Each part measures a component against a baseline in the same run (speedups, not absolute targets).
+    """
+    names = list(parts) or list(PARTS)
+    unknown = [p for p in names if p not in PARTS]
+    if unknown:
+        raise click.UsageError(f"unknown benchmark part {unknown[0]!r}; choose from {', '.join(PARTS)}")
+    sections = [environment_section()]
+    for name in names:
+        module, function = PARTS[name]
+        click.echo(f"bench {name} ...", err=True)
+        try:
+            section: BenchSection = getattr(importlib.import_module(module), function)(quick=quick)
+        except EcmEdgeError as exc:
+            section = BenchSection(name, ["status"], [[f"skipped: {exc}"]])
+        sections.append(section)
+    report = render_report(sections)
+    click.echo(report)
+    if output is not None:
+        atomic_write_text(output, report)
+        click.echo(f"report written to {output}", err=True)
+
+
+def environment_section() -> BenchSection:
+    env = environment_report()
+    rows = [["date", datetime.date.today().isoformat()], ["cpu", platform.processor() or platform.machine()]]
+    rows += [[k, v] for k, v in env.items()]
+    return BenchSection("Environment", ["item", "value"], rows)
+
+
+def render_report(sections: list[BenchSection]) -> str:
+    return "# ecm-edge benchmark report\n\n" + "\n".join(s.to_markdown() for s in sections)

@@ -1,0 +1,299 @@
+"""The one configuration schema of ecm-edge.
+
+Every tunable number lives here as a typed dataclass field with its meaning and unit; the shipped YAML files
+in ``configs/`` (``thumos14``, ``activitynet12``, ``activitynet13``, ``small``) set the paper constants. A config
+is addressed by a shipped name or a path, then refined with ``--set section.key=value`` overrides that are type
+checked; an unknown key is an error that names the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ecm_edge.errors import ConfigError
+from ecm_edge.io import atomic_write_text
+
+
+@dataclass
+class DataConfig:
+    """Where features come from and how they are cut to a fixed length."""
+
+    dataset: str = "thumos14"  # name used in reports
+    feature_dim: int = 2048  # D: channels per snippet (I3D RGB 1024 ‖ flow 1024)
+    modalities: list[str] = field(default_factory=lambda: ["rgb", "flow"])  # per-modality folders, concatenated
+    t_fixed: int = 750  # T_fixed: snippets per video after resampling (train and offline test)
+    snippet_frames: int = 16  # frames per snippet
+    feature_fps: float = 25.0  # frame rate features are extracted at; one snippet = 16 / 25 = 0.64 s
+    default_fps: float = 25.0  # video frame rate assumed when an annotation carries none
+    val_fraction: float = 0.1  # share of the training videos held out for validation (0 disables)
+    val_seed: int = 0  # seed of the held-out split, independent of the training seed
+
+    @property
+    def snippet_seconds(self) -> float:
+        return self.snippet_frames / self.feature_fps
+
+
+@dataclass
+class ModelConfig:
+    """The ECM network (DESIGN.md §3)."""
+
+    hidden_dim: int = 2048  # H: channels of the shared temporal-convolution classifier Φ
+    num_classes: int = 20  # C
+    topk_ratio: float = 0.125  # r: top-k = int(T_fixed · r) snippets form the video score
+    dropout: float = 0.5  # after the second convolution of Φ
+    leaky_slope: float = 0.01  # LeakyReLU negative slope
+    normalize_aggregation: bool = False  # divide the post-stream sums by ΣW (not in the paper; off in paper configs)
+
+
+@dataclass
+class TrainConfig:
+    """Optimization (Adam) and the loss weights."""
+
+    epochs: int = 150
+    batch_size: int = 16
+    lr: float = 2.0e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 5.0e-4
+    lr_decay_epoch: int = 0  # epoch at which lr is multiplied by lr_decay_factor (0: never)
+    lr_decay_factor: float = 0.1
+    seed: int = 16
+    c2c_weight: float = 0.05  # weight of L_c2c, the MSE between pre- and post-stream logits
+    a2c_weight: float = 5.0  # λ: weight of L_a2c, the background-branch BCE
+    eval_every: int = 1  # evaluate every N epochs (0: only at the end)
+    eval_split: str = "val"  # "val" (held-out training videos) or "test"
+    amp: str = "off"  # "off" | "bf16" | "fp16" (CUDA only; CPU always trains in fp32)
+    compile: bool = False  # torch.compile the model (CUDA only)
+    num_workers: int = 0  # data-loader worker processes
+
+
+@dataclass
+class PostConfig:
+    """Post-processing of the CAS into segments (DESIGN.md §5)."""
+
+    mode: str = "ecm"  # "ecm": bug-compatible with the published code; "clean": true IoU, no index-0 drop
+    class_threshold: float = 0.25  # keep classes whose video score is at least this
+    act_thresh_start: float = 0.01  # activation thresholds = arange(start, stop, step)
+    act_thresh_stop: float = 0.2
+    act_thresh_step: float = 0.025
+    oic_lambda: float = 0.4  # outer window = int(λ · run length) on each side
+    gamma: float = 0.15  # weight of the video score added to the OIC score
+    nms_iou: float = 0.6  # per-class NMS IoU threshold
+    time_base: str = "fps"  # "fps": seconds = frame / fps (THUMOS14); "duration": frame / num_frames · duration
+    backend: str = "auto"  # "auto" | "numpy" | "cpu" | "cuda"
+
+    @property
+    def act_thresholds(self) -> np.ndarray:
+        return np.arange(self.act_thresh_start, self.act_thresh_stop, self.act_thresh_step)
+
+
+@dataclass
+class EvalConfig:
+    """Detection mAP."""
+
+    iou_thresholds: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    protocol: str = "activitynet"  # "activitynet" or "thumos14" (drops detections on ambiguous segments)
+
+
+@dataclass
+class ExportConfig:
+    """ONNX / TensorRT export."""
+
+    opset: int = 17
+    stem: str = "ecm"  # artifact file stem: <stem>.onnx, <stem>.fp16.onnx, ...
+    min_t: int = 1  # TensorRT optimization profile for T: min / opt / max snippets
+    opt_t: int = 750
+    max_t: int = 2048
+    max_batch: int = 1
+    workspace_mb: int = 1024  # TensorRT builder workspace limit
+    calib_videos: int = 200  # at most this many videos for INT8 calibration
+    calib_method: str = "percentile"  # activation range estimator: "minmax" | "percentile"
+    calib_percentile: float = 99.99
+
+
+@dataclass
+class StreamConfig:
+    """Streaming runtime (DESIGN.md §7)."""
+
+    horizon: int = 256  # snippets of history for causal video scores and normalization
+    frame_policy: str = "auto"  # "latest" (live: drop stale frames) | "all" (files) | "auto"
+    reconnect_initial_s: float = 0.5  # first reconnect delay after a lost live source
+    reconnect_max_s: float = 30.0  # reconnect delay cap (exponential backoff)
+    stats_every_s: float = 10.0  # seconds between `stats` events (0: never)
+    emit_open: bool = False  # also emit `segment_open` early alerts
+    mode: str = "clean"  # post-processing mode used while streaming
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    post: PostConfig = field(default_factory=PostConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    name: str = "custom"  # the config's name (file stem for shipped configs)
+
+    @property
+    def topk(self) -> int:
+        """k of the top-k video score, fixed from T_fixed and r as in the reference."""
+        return max(1, int(self.data.t_fixed * self.model.topk_ratio))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the resolved config (used next to every run's outputs)."""
+        return atomic_write_text(Path(path), self.to_yaml())
+
+
+SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config) if f.name != "name")
+
+# Keys whose value is one of a fixed set of words.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "train.eval_split": ("val", "test"),
+    "train.amp": ("off", "bf16", "fp16"),
+    "post.mode": ("ecm", "clean"),
+    "post.time_base": ("fps", "duration"),
+    "post.backend": ("auto", "numpy", "cpu", "cuda"),
+    "eval.protocol": ("activitynet", "thumos14"),
+    "export.calib_method": ("minmax", "percentile"),
+    "stream.frame_policy": ("auto", "latest", "all"),
+    "stream.mode": ("ecm", "clean"),
+}
+
+
+def shipped_config_names() -> list[str]:
+    return sorted(p.name[: -len(".yaml")] for p in resources.files("ecm_edge.configs").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def load_config(name_or_path: str | Path | None = "thumos14", overrides: typing.Sequence[str] = ()) -> Config:
+    """Load a shipped config by name (``thumos14``) or a YAML file by path, then apply ``section.key=value``."""
+    if name_or_path is None:
+        cfg = Config()
+    else:
+        raw, name = _read_config_source(str(name_or_path))
+        cfg = config_from_dict(raw, source=str(name_or_path))
+        cfg.name = raw.get("name", name) if isinstance(raw.get("name"), str) else name
+    for item in overrides:
+        apply_override(cfg, item)
+    return cfg
+
+
+def _read_config_source(name_or_path: str) -> tuple[dict[str, Any], str]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        text, name = path.read_text(), path.stem
+    else:
+        names = shipped_config_names()
+        if name_or_path not in names:
+            raise ConfigError(f"unknown config {name_or_path!r}{_did_you_mean(name_or_path, names)}; "
+                              f"shipped configs: {', '.join(names)}, or pass a path to a YAML file")
+        text, name = resources.files("ecm_edge.configs").joinpath(f"{name_or_path}.yaml").read_text(), name_or_path
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {name_or_path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {name_or_path} must be a mapping of sections, got {type(raw).__name__}")
+    return raw, name
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Build a Config from nested dicts, checking every key and value type."""
+    cfg = Config()
+    for section, values in raw.items():
+        if section == "name":
+            continue
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section {section!r}{_did_you_mean(section, SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section {section!r} must be a mapping")
+        for key, value in values.items():
+            _set_field(cfg, section, key, value, source)
+    return cfg
+
+
+def apply_override(cfg: Config, item: str) -> None:
+    """Apply one ``section.key=value`` override; the value is parsed as YAML and type checked."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    dotted, text = item.split("=", 1)
+    if "." not in dotted:
+        raise ConfigError(f"override {item!r} must name a section and a key, e.g. train.epochs=10"
+                          f"{_did_you_mean(dotted, _all_keys())}")
+    section, key = dotted.strip().split(".", 1)
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    _set_field(cfg, section, key, value, "--set")
+
+
+def _all_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(_section_type(s))]
+
+
+def _section_type(section: str) -> type:
+    return typing.get_type_hints(Config)[section]
+
+
+def _set_field(cfg: Config, section: str, key: str, value: Any, source: str) -> None:
+    if section not in SECTIONS:
+        raise ConfigError(f"{source}: unknown key {section}.{key}{_did_you_mean(f'{section}.{key}', _all_keys())}")
+    target = getattr(cfg, section)
+    hints = typing.get_type_hints(type(target))
+    if key not in hints:
+        raise ConfigError(f"{source}: unknown key {section}.{key}{_did_you_mean(f'{section}.{key}', _all_keys())}")
+    value = _coerce(value, hints[key], f"{section}.{key}", source)
+    choices = CHOICES.get(f"{section}.{key}")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{source}: {section}.{key} must be one of {', '.join(choices)}, got {value!r}"
+                          f"{_did_you_mean(str(value), choices)}")
+    setattr(target, key, value)
+
+
+def _coerce(value: Any, hint: Any, where: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {where} must be a list of {item_type.__name__}, got {value!r}")
+        return [_coerce(v, item_type, where, source) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{source}: {where} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{source}: {where} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{source}: {where} must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{source}: {where} must be a string, got {value!r}")
+    return value
+
+
+def _did_you_mean(word: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,1 @@
+"""Data formats: annotations, feature files, datasets and the synthetic generator."""

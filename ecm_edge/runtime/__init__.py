@@ -1,0 +1,1 @@
+"""The torch-free runtime: inference backends, streaming, sources and sinks."""

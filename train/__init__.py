@@ -1,0 +1,1 @@
+"""Training: the ECM model, its losses, the trainer and checkpoints (needs torch)."""

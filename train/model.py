@@ -1,0 +1,112 @@
+"""The Equivalent Classification Mapping network (DESIGN.md §3).
+
+One shared temporal-convolution classifier Φ + bias-free classifier serves two streams:
+the pre-classification stream scores every snippet (the CAS) and pools the top-k into a video score; the
+post-classification stream first aggregates the input features with per-class foreground weights
+(the weight-transition module applied to the CAS) and classifies the aggregate. Only the pre-stream is needed at
+inference, so :meth:`ECM.export_forward` returns just that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ecm_edge.config import Config
+
+PHASES = 3  # the post-stream splits the snippets into this many interleaved phases
+
+
+@dataclass(frozen=True)
+class ECMDims:
+    feature_dim: int  # D
+    hidden_dim: int  # H
+    num_classes: int  # C
+    topk: int  # k of the top-k video score, int(T_fixed · r)
+    dropout: float = 0.5
+    leaky_slope: float = 0.01
+    normalize_aggregation: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> ECMDims:
+        return cls(cfg.data.feature_dim, cfg.model.hidden_dim, cfg.model.num_classes, cfg.topk,
+                   cfg.model.dropout, cfg.model.leaky_slope, cfg.model.normalize_aggregation)
+
+
+@dataclass
+class ECMOutput:
+    """What the training forward returns; the losses are functions of these."""
+
+    cas: torch.Tensor  # [B, C, T] raw class activation logits
+    score_pre: torch.Tensor  # [B, C] top-k mean of the CAS
+    weights: torch.Tensor  # [B, C, T] transition weights W = sigmoid(conv1x1(CAS))
+    score_post: torch.Tensor  # [B, C] post-classification stream logits
+
+
+class ECM(nn.Module):
+    def __init__(self, dims: ECMDims):
+        super().__init__()
+        self.dims = dims
+        d, h, c = dims.feature_dim, dims.hidden_dim, dims.num_classes
+        self.conv1 = nn.Conv1d(d, h, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(h, h, kernel_size=3, padding=1)
+        self.act = nn.LeakyReLU(dims.leaky_slope)
+        self.dropout = nn.Dropout(dims.dropout)
+        self.classifier = nn.Conv1d(h, c, kernel_size=1, bias=False)
+        self.transition = nn.Conv1d(c, c, kernel_size=1, bias=True)
+
+    # -- the shared parts -------------------------------------------------------------------------------------
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Φ: [N, D, L] → [N, H, L]."""
+        return self.dropout(self.act(self.conv2(self.act(self.conv1(x)))))
+
+    def video_score(self, cas: torch.Tensor) -> torch.Tensor:
+        """Mean of the top-k CAS values over time; k is clipped to T for clips shorter than k."""
+        k = min(self.dims.topk, cas.shape[-1])
+        return torch.topk(cas, k, dim=-1).values.mean(dim=-1)
+
+    # -- the streams -------------------------------------------------------------------------------------------
+    def pre_stream(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, D, T] → (cas [B, C, T], score_pre [B, C])."""
+        cas = self.classifier(self.embed(x))
+        return cas, self.video_score(cas)
+
+    def transition_weights(self, cas: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.transition(cas))
+
+    def aggregate(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Per-phase weighted sums of the input features: x [B, D, T], W [B, C, T] → [B, C, D, 3]."""
+        phases = []
+        for g in range(PHASES):
+            w_g = weights[:, :, g::PHASES]
+            f_g = torch.bmm(w_g, x[:, :, g::PHASES].transpose(1, 2))
+            if self.dims.normalize_aggregation:
+                f_g = f_g / w_g.sum(dim=-1, keepdim=True).clamp_min(1e-6)
+            phases.append(f_g)
+        return torch.stack(phases, dim=-1)
+
+    def post_classify(self, aggregated: torch.Tensor) -> torch.Tensor:
+        """Score class c's 3-step sequence with classifier row c only: [B, C, D, 3] → [B, C]."""
+        b, c, d, steps = aggregated.shape
+        hidden = self.embed(aggregated.reshape(b * c, d, steps)).reshape(b, c, -1, steps)
+        rows = self.classifier.weight[:, :, 0]  # [C, H]
+        return torch.einsum("bchs,ch->bcs", hidden, rows).mean(dim=-1)
+
+    def post_stream(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return self.post_classify(self.aggregate(x, weights))
+
+    def forward(self, x: torch.Tensor) -> ECMOutput:
+        """Training forward: x [B, D, T]."""
+        cas, score_pre = self.pre_stream(x)
+        weights = self.transition_weights(cas)
+        return ECMOutput(cas, score_pre, weights, self.post_stream(x, weights))
+
+    def export_forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deployment forward: features [B, T, D] → (cas [B, T, C], video_scores [B, C] = softmax(score_pre))."""
+        cas, score_pre = self.pre_stream(features.transpose(1, 2))
+        return cas.transpose(1, 2), torch.softmax(score_pre, dim=-1)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
