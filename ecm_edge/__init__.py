@@ -11,4 +11,13 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["Localizer", "__version__"]
+
+
+def __getattr__(name: str):
+    # ``ecm_edge.Localizer`` is imported on first use, so ``import ecm_edge`` stays light
+    if name == "Localizer":
+        from ecm_edge.runtime.localizer import Localizer
+
+        return Localizer
+    raise AttributeError(f"module 'ecm_edge' has no attribute {name!r}")

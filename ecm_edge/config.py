@@ -36,6 +36,7 @@ class DataConfig:
     default_fps: float = 25.0  # video frame rate assumed when an annotation carries none
     val_fraction: float = 0.1  # share of the training videos held out for validation (0 disables)
     val_seed: int = 0  # seed of the held-out split, independent of the training seed
+    cache_mb: int = 1024  # MiB of decoded features a dataset keeps in memory (least recently used first out; 0: off)
 
     @property
     def snippet_seconds(self) -> float:
@@ -114,6 +115,9 @@ class ExportConfig:
     max_t: int = 2048
     max_batch: int = 1
     workspace_mb: int = 1024  # TensorRT builder workspace limit
+    stream_opt_window: int = 5  # TensorRT profile of the streaming graph's window W (snippets): opt ...
+    stream_max_window: int = 64  # ... and max (min is 5, the receptive field); larger W catches up after a stall
+    trt_strongly_typed: bool = True  # false: TensorRT 10 weakly typed build with FP16/INT8 flags (not on 11.x)
     calib_videos: int = 200  # at most this many videos for INT8 calibration
     calib_method: str = "percentile"  # activation range estimator: "minmax" | "percentile"
     calib_percentile: float = 99.99
@@ -127,9 +131,21 @@ class StreamConfig:
     frame_policy: str = "auto"  # "latest" (live: drop stale frames) | "all" (files) | "auto"
     reconnect_initial_s: float = 0.5  # first reconnect delay after a lost live source
     reconnect_max_s: float = 30.0  # reconnect delay cap (exponential backoff)
+    reconnect_attempts: int = 0  # give up after this many failed reopen attempts in a row (0: never give up)
+    open_timeout_s: float = 10.0  # opening a camera or URL fails after this long (at start: an error, no hang)
+    read_timeout_s: float = 5.0  # a live source that delivers no frame for this long counts as lost
+    queue_frames: int = 32  # frames buffered between the reader thread and the pipeline with policy "all"
+    max_frame_gap_s: float = 1.0  # a longer gap between source frames restarts snippet assembly (no stale fill)
     stats_every_s: float = 10.0  # seconds between `stats` events (0: never)
     emit_open: bool = False  # also emit `segment_open` early alerts
     mode: str = "clean"  # post-processing mode used while streaming
+    event_queue: int = 1024  # events waiting for the writer thread that feeds the sinks (the pipeline waits beyond)
+    webhook_timeout_s: float = 5.0  # HTTP timeout of one webhook POST
+    webhook_retries: int = 3  # POST attempts per event before it goes to the spool file
+    webhook_backoff_s: float = 0.5  # first delay between attempts and between probes of a down receiver (doubles)
+    webhook_backoff_max_s: float = 30.0  # cap of that delay
+    webhook_queue: int = 1000  # events waiting for delivery; beyond this they go straight to the spool file
+    webhook_spool: str = "webhook-spool.jsonl"  # undeliverable events, re-sent first once the receiver is back
 
 
 @dataclass
@@ -242,6 +258,8 @@ def apply_override(cfg: Config, item: str) -> None:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
+    if isinstance(value, bool) and f"{section}.{key}" in CHOICES:
+        value = text.strip()  # YAML reads off/on/yes/no as booleans; a word-valued key keeps the word
     _set_field(cfg, section, key, value, "--set")
 
 
@@ -286,10 +304,17 @@ def _coerce(value: Any, hint: Any, where: str, source: str) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{source}: {where} must be a number, got {value!r}")
     if hint is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
         raise ConfigError(f"{source}: {where} must be a string, got {value!r}")
     return value
 

@@ -33,8 +33,12 @@ class DeployModel:
     meta: dict[str, Any]
 
 
-def save_deploy(model: ECM, class_names: list[str], cfg: Config, folder: str | Path) -> Path:
-    """Write ``folder/model.safetensors`` and ``folder/model.json``; returns the weights path."""
+def save_deploy(model: ECM, class_names: list[str], cfg: Config, folder: str | Path,
+                training: dict[str, Any] | None = None) -> Path:
+    """Write ``folder/model.safetensors`` and ``folder/model.json``; returns the weights path.
+
+    ``training`` (optional) records where the weights come from (epoch, selection metric) in ``model.json``.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -50,6 +54,8 @@ def save_deploy(model: ECM, class_names: list[str], cfg: Config, folder: str | P
         "dims": dataclasses.asdict(model.dims),
         "config": cfg.to_dict(),
     }
+    if training is not None:
+        meta["training"] = training
     atomic_write_json(folder / META_NAME, meta)
     return folder / WEIGHTS_NAME
 

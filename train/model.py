@@ -76,14 +76,27 @@ class ECM(nn.Module):
     def transition_weights(self, cas: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.transition(cas))
 
-    def aggregate(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Per-phase weighted sums of the input features: x [B, D, T], W [B, C, T] → [B, C, D, 3]."""
+    def aggregate(self, x: torch.Tensor, weights: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-phase weighted sums of the input features.
+
+        x [B, D, T], W [B, C, T] → [B, C, D, 3]. With ``scale`` [B, K, T] the input is first multiplied per
+        snippet by each of the K rows (the background branch's 1 − W_c), giving [B, K, C, D, 3] without
+        copying x: scaling x by s and weighting by W equals weighting x by W·s. The optional normalization
+        divides by ΣW of the phase either way, as for the unscaled input.
+        """
         phases = []
         for g in range(PHASES):
             w_g = weights[:, :, g::PHASES]
-            f_g = torch.bmm(w_g, x[:, :, g::PHASES].transpose(1, 2))
+            x_g = x[:, :, g::PHASES].contiguous().transpose(1, 2)  # [B, T_g, D]; BLAS is slow on stride 3
+            if scale is None:
+                f_g = torch.bmm(w_g, x_g)
+            else:
+                b, k, c = scale.shape[0], scale.shape[1], w_g.shape[1]
+                w_scaled = (w_g[:, None] * scale[:, :, None, g::PHASES]).reshape(b, k * c, -1)
+                f_g = torch.bmm(w_scaled, x_g).reshape(b, k, c, -1)
             if self.dims.normalize_aggregation:
-                f_g = f_g / w_g.sum(dim=-1, keepdim=True).clamp_min(1e-6)
+                norm = w_g.sum(dim=-1, keepdim=True).clamp_min(1e-6)  # [B, C, 1]
+                f_g = f_g / (norm if scale is None else norm[:, None])
             phases.append(f_g)
         return torch.stack(phases, dim=-1)
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # part name -> (module, function). Add a part by adding a line here.
-PARTS: dict[str, tuple[str, str]] = {}
+PARTS: dict[str, tuple[str, str]] = {
+    "train": ("ecm_edge.bench.train", "run"),
+    "export": ("ecm_edge.bench.export", "run"),
+    "eval": ("ecm_edge.bench.eval", "run"),
+    "postprocess": ("ecm_edge.bench.postprocess", "run"),
+    "stream": ("ecm_edge.bench.stream", "run"),
+    "extractors": ("ecm_edge.bench.extractors", "run"),
+}
 
 
 @dataclass

@@ -20,6 +20,15 @@ from ecm_edge.errors import EcmEdgeError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "checks": ("ecm_edge.cli.checks", "checks", "Show versions, GPUs and optional components."),
     "bench": ("ecm_edge.cli.bench", "bench", "Benchmark the components against baselines; markdown report."),
+    "eval": ("ecm_edge.cli.eval", "eval_command", "Detection mAP of a prediction file, or of a model on a split."),
+    "export": ("ecm_edge.cli.export", "export", "Export ONNX (FP32/FP16/INT8), TensorRT engines and manifests."),
+    "extract": ("ecm_edge.cli.extract", "extract", "Extract snippet features from video files (tiny or I3D)."),
+    "synth": ("ecm_edge.cli.synth", "synth", "Write a synthetic THUMOS14-like feature dataset (the default data)."),
+    "train": ("ecm_edge.cli.train", "train", "Train ECM on a feature dataset (runs/train/NAME; resumable, DDP)."),
+    "predict": ("ecm_edge.cli.predict", "predict", "Detect actions in feature files with a trained model (JSON)."),
+    "postprocess": ("ecm_edge.cli.postprocess", "postprocess", "Raw predictions (--save-raw) → detections JSON."),
+    "viz": ("ecm_edge.cli.viz", "viz", "Draw a video's ground truth vs detections (and CAS); export .srt subtitles."),
+    "stream": ("ecm_edge.cli.stream", "stream", "Localize actions live (camera, file, URL, features) as JSON events."),
 }
 
 

@@ -1,0 +1,161 @@
+"""``ecm-edge train``: train ECM on a feature dataset into ``runs/train/<name>``.
+
+torch is imported inside the command only, so ``ecm-edge --help`` stays fast and torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import click
+
+from ecm_edge.cli.options import config_options, resolve_config
+from ecm_edge.errors import EcmEdgeError
+
+logger = logging.getLogger("ecm_edge")
+
+# the run folder's metrics file and the metric best.pt is chosen by (ecm_edge.train.trainer, without torch here)
+METRICS_NAME = "metrics.jsonl"
+SELECTION_METRIC = "map_avg"
+
+
+@click.command()
+@config_options(default="thumos14")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Dataset folder (gt.json, split_train.txt, features/). Optional with --resume.")
+@click.option("--name", default=None, help="Run name: runs/train/NAME (auto-incremented if it exists).")
+@click.option("--project", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Folder that holds train/<name>.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--resume", default=None, metavar="RUN",
+              help="Continue a run (its folder, its last.pt, or its name) from its last checkpoint.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes for DistributedDataParallel (runs torchrun; gloo on CPU, NCCL on GPU).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None, hidden=True)
+@click.pass_context
+def train(ctx: click.Context, config_name: str, overrides: tuple[str, ...], data_dir: Path | None, name: str | None,
+          project: str, device: str, resume: str | None, nproc: int, progress: bool | None,
+          run_dir: Path | None) -> None:
+    """Train ECM (DESIGN.md §3) with Adam, evaluating mAP on held-out training videos every epoch.
+
+    \b
+    Examples:
+      ecm-edge synth --preset small -o data/small
+      ecm-edge train --config small --data data/small
+      ecm-edge train --config thumos14 --data data/thumos14 --device cuda --set train.amp=bf16
+      ecm-edge train --resume runs/train/exp
+      ecm-edge train --config small --data data/small --nproc 2
+    """
+    from ecm_edge.train import distributed as ddp
+    from ecm_edge.train import trainer
+
+    if resume:
+        run_dir = trainer.find_resume_dir(resume, project) if run_dir is None else run_dir
+        if ctx.get_parameter_source("config_name") is not click.core.ParameterSource.DEFAULT:
+            logger.warning("--config is ignored with --resume: the run continues with its own config "
+                           "(--set overrides still apply)")
+        cfg, stored_data = trainer.config_for_resume(run_dir, overrides)
+        data_dir = data_dir or (Path(stored_data) if stored_data else None)
+    else:
+        cfg = resolve_config(config_name, overrides)
+    if data_dir is None:
+        raise click.UsageError("--data DIR is required (the dataset folder to train on)")
+
+    under_torchrun = "WORLD_SIZE" in os.environ
+    if nproc > 1 and not under_torchrun:
+        _launch_distributed(nproc, cfg, config_name, overrides, data_dir, project, name, device, resume, run_dir,
+                            progress)
+        return
+
+    dist = ddp.init_distributed(device)
+    if not dist.is_main:
+        logger.setLevel(logging.WARNING)
+    try:
+        if run_dir is None:
+            run_dir = trainer.resolve_run_dir(project, name, dist)
+        if dist.is_main:
+            click.echo(f"training {cfg.name} on {data_dir} ({device}"
+                       f"{f', {dist.world_size} processes' if dist.enabled else ''}) → {run_dir}", err=True)
+        summary = trainer.train(cfg, data_dir, run_dir, device=device, resume=bool(resume), progress=progress)
+    except BaseException:
+        if dist.is_main and run_dir is not None and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run that failed before its first file leaves no empty folder behind
+        raise
+    finally:
+        ddp.shutdown_distributed()
+    if dist.is_main:
+        _report(summary, data_dir)
+
+
+def _launch_distributed(nproc: int, cfg: Any, config_name: str, overrides: tuple[str, ...], data_dir: Path,
+                        project: str, name: str | None, device: str, resume: str | None, run_dir: Path | None,
+                        progress: bool | None) -> None:
+    from ecm_edge.io import next_run_dir
+
+    if run_dir is None:
+        run_dir = next_run_dir(project, "train", name)
+    args = ["--data", str(data_dir), "--device", device, "--project", str(project), "--run-dir", str(run_dir)]
+    args += ["--resume", str(run_dir)] if resume else ["--config", str(config_name)]
+    for item in overrides:
+        args += ["--set", item]
+    if progress is not None:
+        args.append("--progress" if progress else "--no-progress")
+    command = launch_command(nproc, args)
+    click.echo(f"launching {nproc} processes: {' '.join(command)}", err=True)
+    code = subprocess.call(command)
+    if code != 0:
+        raise EcmEdgeError(f"distributed training failed (torchrun exit code {code}); see the messages above")
+    _report(_summary_from_run_dir(Path(run_dir)), data_dir)
+
+
+def launch_command(nproc: int, train_args: list[str]) -> list[str]:
+    """torchrun running ``python -m ecm_edge.train TRAIN_ARGS`` in ``nproc`` processes on this host."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "ecm_edge.train", *train_args]
+
+
+def _summary_from_run_dir(run_dir: Path) -> SimpleNamespace:
+    """What the report needs, read back from the files the worker processes wrote (no torch needed)."""
+    records = [json.loads(line) for line in (run_dir / METRICS_NAME).read_text().splitlines() if line.strip()]
+    evaluated = [r for r in records if SELECTION_METRIC in r]
+    best = max(evaluated, key=lambda r: (r[SELECTION_METRIC], -r["epoch"])) if evaluated else None
+    files = {p.name: p for p in run_dir.iterdir() if not p.name.startswith(".")}
+    return SimpleNamespace(run_dir=run_dir, epochs=len(records), history=records, best=best,
+                           last=records[-1] if records else None, already_finished=False, files=files,
+                           eval_split=records[-1].get("eval_split") if records else None)
+
+
+def format_summary_table(summary: Any) -> str:
+    """Markdown table: the best and the last epoch with their loss and mAP per IoU."""
+    rows = [(which, r) for which, r in (("best", summary.best), ("last", summary.last)) if r is not None]
+    ious = next((list(r["map"]) for _, r in rows if "map" in r), [])
+    header = ["", "epoch", "loss"] + [f"mAP@{t}" for t in ious] + (["avg"] if ious else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for which, record in rows:
+        cells = [which, str(record["epoch"]), f"{record['loss']['total']:.4f}"]
+        if ious:
+            cells += [f"{100 * record['map'][t]:.2f}" if "map" in record else "-" for t in ious]
+            cells.append(f"{100 * record[SELECTION_METRIC]:.2f}" if SELECTION_METRIC in record else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _report(summary: Any, data_dir: Path) -> None:
+    run_dir = summary.run_dir
+    if summary.already_finished:
+        click.echo(f"{run_dir} already finished all {summary.epochs} epochs; nothing to do. To train longer, "
+                   f"resume with --set train.epochs=N (N > {summary.epochs}).")
+        return
+    if summary.eval_split:
+        click.echo(f"mAP (%) on the {summary.eval_split} split; best = highest average mAP:")
+    click.echo(format_summary_table(summary))
+    click.echo(f"run written to {run_dir}: {', '.join(sorted(summary.files))}")
+    click.echo(f"next: ecm-edge eval --checkpoint {run_dir} --data {data_dir} --split test")

@@ -1,0 +1,120 @@
+"""Turn a CAS into segments: the public post-processing API over the three kernel backends (DESIGN.md §5).
+
+``localize`` handles one video, ``localize_batch`` many (ragged lengths allowed); both return the structured
+array of :data:`ecm_edge.kernels.DETECTION_DTYPE` ``(video, cls, start, end, score)``, ordered by video and by
+score descending. Backends:
+
+- ``numpy``: the reference, step by step as the published code; the oracle.
+- ``cpu``: numba ``@njit`` kernels, parallel over (video, class) pairs.
+- ``cuda``: numba ``@cuda.jit`` kernels; reads CUDA device arrays without a host copy, on the caller's stream.
+- ``auto``: ``cuda`` when a CUDA GPU is visible, else ``cpu``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ecm_edge.environment import cuda_gpu_visible, cuda_simulator_enabled
+from ecm_edge.errors import EcmEdgeError
+from ecm_edge.kernels.params import PostParams
+from ecm_edge.kernels.validate import VideoBatch, is_device_array, prepare_batch
+
+logger = logging.getLogger("ecm_edge")
+
+# backend name -> (module, function taking (VideoBatch, PostParams[, stream])). Add a backend with one line.
+BACKENDS: dict[str, tuple[str, str]] = {
+    "numpy": ("ecm_edge.kernels.reference", "localize_reference"),
+    "cpu": ("ecm_edge.kernels.cpu", "localize_cpu"),
+    "cuda": ("ecm_edge.kernels.cuda", "localize_cuda"),
+}
+
+
+def available_backends() -> list[str]:
+    """Backends that can run here: always ``numpy`` and ``cpu``; ``cuda`` with a GPU or the CUDA simulator."""
+    names = ["numpy", "cpu"]
+    if cuda_gpu_visible() or (cuda_simulator_enabled() and _numba_cuda_installed()):
+        names.append("cuda")
+    return names
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    """The concrete backend for a name: ``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``."""
+    if backend == "auto":
+        return "cuda" if cuda_gpu_visible() else "cpu"
+    if backend not in BACKENDS:
+        close = difflib.get_close_matches(backend, [*BACKENDS, "auto"], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise EcmEdgeError(f"unknown post-processing backend {backend!r}{hint}; choose auto, {', '.join(BACKENDS)}")
+    return backend
+
+
+def localize(cas: Any, video_scores: Any, *, num_frames: int, fps: float | None = None,
+             duration: float | None = None, params: PostParams, backend: str = "auto",
+             stream: Any = None) -> np.ndarray:
+    """Segments of one video from its CAS ``[C, T]`` (raw logits) and video scores ``[C]``.
+
+    ``num_frames``: the frames the CAS rows are interpolated to; ``fps`` or ``duration`` (whichever
+    ``params.time_base`` names) turns frames into seconds. Every detection has ``video == 0``.
+    """
+    if is_device_array(cas):
+        from ecm_edge.kernels.cuda import add_batch_axis
+
+        cas = add_batch_axis(cas)
+    else:
+        cas = np.asarray(cas)
+        if cas.ndim != 2:
+            raise EcmEdgeError(f"localize takes one video's CAS [C, T], got shape {cas.shape}; "
+                               "use localize_batch for [N, C, T]")
+        cas = cas[None]
+    if is_device_array(video_scores):
+        from ecm_edge.kernels.cuda import copy_to_host
+
+        video_scores = copy_to_host(video_scores)
+    scores = np.asarray(video_scores)
+    if scores.ndim != 1:
+        raise EcmEdgeError(f"localize takes one video's scores [C], got shape {scores.shape}")
+    return localize_batch(cas, scores[None], num_frames=num_frames, fps=fps, duration=duration, params=params,
+                          backend=backend, stream=stream)
+
+
+def localize_batch(cas: Any, video_scores: Any, *, num_frames: Any, fps: Any = None, duration: Any = None,
+                   params: PostParams, backend: str = "auto", lengths: Any = None,
+                   video_ids: Sequence[str] | None = None, stream: Any = None) -> np.ndarray:
+    """Segments of many videos at once.
+
+    ``cas``: a zero-padded ``[N, C, Tmax]`` array with ``lengths`` [N] (default: all Tmax), a list of
+    ``[C, T_i]`` arrays, or (backend ``cuda``) a CUDA device array ``[N, C, Tmax]``. ``video_scores``
+    ``[N, C]``. ``num_frames``, ``fps``, ``duration``: one value or one per video. ``video_ids`` only name
+    videos in error messages. ``stream`` (cuda only): a numba stream, a raw ``CUstream`` handle, or an object
+    with ``cuda_stream`` / ``__cuda_stream__``; the host backends ignore it.
+    """
+    name = resolve_backend(backend)
+    batch = prepare_batch(cas, video_scores, num_frames=num_frames, fps=fps, duration=duration, lengths=lengths,
+                          params=params, video_ids=video_ids, allow_device=name == "cuda")
+    logger.debug("post-processing %d videos with the %s backend", batch.num_videos, name)
+    if name == "cuda":
+        return _backend_function(name)(batch, params, stream=stream)
+    return _backend_function(name)(batch, params)
+
+
+def _backend_function(name: str) -> Callable[..., np.ndarray]:
+    module, function = BACKENDS[name]
+    return getattr(importlib.import_module(module), function)
+
+
+def _numba_cuda_installed() -> bool:
+    try:
+        importlib.import_module("numba.cuda")
+    except Exception:
+        return False
+    return True
+
+
+__all__ = ["BACKENDS", "PostParams", "VideoBatch", "available_backends", "localize", "localize_batch",
+           "resolve_backend"]

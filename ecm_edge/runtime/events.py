@@ -1,0 +1,95 @@
+"""The streaming runtime's events: plain JSON objects, one per line on the wire.
+
+Types and fields (times in seconds; ``start``/``end``/``time`` on the source's clock, ``emitted_at`` UNIX time):
+
+- ``segment``: a closed, final detection — ``class`` (index), ``label``, ``start``, ``end``, ``score``,
+  ``emitted_at`` and ``latency`` (source time between the segment's end and the snippet whose arrival let it be
+  emitted: the ±2-snippet receptive field plus the OIC outer window). Never revised once emitted.
+- ``segment_open``: an early alert that a class became active (optional, ``stream.emit_open``) — ``class``,
+  ``label``, ``start``, ``score`` (the causal video score), ``emitted_at``.
+- ``source_lost`` / ``source_restored``: a live source dropped out / came back (fields from the source).
+- ``stats``: ``fps`` (input frames per second over the last interval; for feature input, snippets × frames per
+  snippet), ``snippets`` (processed so far), ``dropped_frames``, ``step_ms_p50`` / ``step_ms_p99`` (head +
+  post-processing per snippet over the recent steps).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+Event = dict[str, Any]
+
+SEGMENT = "segment"
+SEGMENT_OPEN = "segment_open"
+SOURCE_LOST = "source_lost"
+SOURCE_RESTORED = "source_restored"
+STATS = "stats"
+EVENT_TYPES = (SEGMENT, SEGMENT_OPEN, SOURCE_LOST, SOURCE_RESTORED, STATS)
+
+STEP_HISTORY = 1000  # step latencies kept for the percentiles of `stats`
+
+
+def _round(seconds: float) -> float:
+    return round(float(seconds), 3)
+
+
+def segment_event(class_id: int, label: str, start: float, end: float, score: float, latency: float,
+                  emitted_at: float | None = None) -> Event:
+    return {"type": SEGMENT, "class": int(class_id), "label": label, "start": _round(start), "end": _round(end),
+            "score": round(float(score), 5), "emitted_at": time.time() if emitted_at is None else emitted_at,
+            "latency": _round(latency)}
+
+
+def segment_open_event(class_id: int, label: str, start: float, score: float,
+                       emitted_at: float | None = None) -> Event:
+    return {"type": SEGMENT_OPEN, "class": int(class_id), "label": label, "start": _round(start),
+            "score": round(float(score), 5), "emitted_at": time.time() if emitted_at is None else emitted_at}
+
+
+def stats_event(fps: float, snippets: int, dropped_frames: int, step_ms_p50: float, step_ms_p99: float) -> Event:
+    return {"type": STATS, "fps": round(float(fps), 2), "snippets": int(snippets),
+            "dropped_frames": int(dropped_frames), "step_ms_p50": round(float(step_ms_p50), 3),
+            "step_ms_p99": round(float(step_ms_p99), 3), "emitted_at": time.time()}
+
+
+def to_json_line(event: Event) -> str:
+    """One compact JSON object and a newline; NaN/Inf (never expected) become null rather than invalid JSON."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in event.items()}
+    return json.dumps(clean, separators=(",", ":"), allow_nan=False) + "\n"
+
+
+class StepStats:
+    """Per-snippet step latencies and input rate, summarized into ``stats`` events."""
+
+    def __init__(self, history: int = STEP_HISTORY):
+        self._steps: deque[float] = deque(maxlen=history)
+        self.snippets = 0
+        self._frames_since = 0
+        self._since = time.monotonic()
+
+    def record(self, seconds_per_snippet: float, snippets: int, frames: int) -> None:
+        self._steps.extend([seconds_per_snippet] * snippets)
+        self.snippets += snippets
+        self._frames_since += frames
+
+    def percentiles_ms(self) -> tuple[float, float]:
+        if not self._steps:
+            return 0.0, 0.0
+        p50, p99 = np.percentile(np.fromiter(self._steps, float), [50, 99]) * 1000.0
+        return float(p50), float(p99)
+
+    def due(self, every_s: float) -> bool:
+        return every_s > 0 and time.monotonic() - self._since >= every_s
+
+    def event(self, dropped_frames: int) -> Event:
+        """The ``stats`` event for the interval since the last one (and start a new interval)."""
+        now = time.monotonic()
+        fps = self._frames_since / max(now - self._since, 1e-9)
+        self._frames_since, self._since = 0, now
+        return stats_event(fps, self.snippets, dropped_frames, *self.percentiles_ms())

@@ -1,0 +1,338 @@
+"""The ECM head run incrementally: each new snippet costs one column of work, not a whole window.
+
+The CAS of snippet t depends on snippets t−2 … t+2 only (two k=3 convolutions with zero padding, then a 1×1
+classifier), so it is final once snippet t+2 has arrived. Two ways to stream it, one contract
+(:class:`StreamingHead`: ``push(features [N, D]) -> cas [M, C]``, ``flush() -> cas [M, C]``):
+
+- :class:`ColumnHead` (the default for deploy folders, torch-free): the per-layer weights are read from
+  ``model.safetensors`` with ``safetensors.numpy`` and each layer evaluates exactly one new column per snippet
+  (conv1: one 3-tap window → one hidden column; conv2: one window of hidden columns → one column; classifier).
+  It keeps the last two input columns and the last two hidden columns. The offline graph zero-pads the *input*
+  of conv1 and the *hidden* input of conv2, so the stream starts with one zero input column and one zero hidden
+  column, and :meth:`ColumnHead.flush` appends one zero column to each at the end: the streamed CAS equals the
+  full offline pass column for column, the first two and the last two included.
+- :class:`WindowHead` (for exported graphs on ONNX Runtime / TensorRT): the exported streaming graph maps a
+  valid-padding window ``features [1, W, D]`` to the CAS of its ``W − 4`` centre columns. Each step runs a
+  5-column window, which recomputes three conv1 columns and one conv2 column (about twice the work of
+  :class:`ColumnHead`, still independent of the history length). The padded borders — the first two and the
+  last two columns — come from the full graph on the first / last four snippets, which sees exactly the zero
+  padding of the offline pass.
+
+:func:`full_cas` is the offline pass in numpy (the oracle of the tests and the "recompute everything" baseline of
+the benchmark).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ecm_edge.errors import CheckpointError, DataError
+
+log = logging.getLogger("ecm_edge")
+
+RECEPTIVE_RADIUS = 2  # the CAS of snippet t is final once snippet t + 2 has arrived
+WINDOW = 2 * RECEPTIVE_RADIUS + 1  # columns a valid-padding window needs for one output column
+WEIGHTS_NAME = "model.safetensors"
+META_NAME = "model.json"
+HEAD_TENSORS = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "classifier.weight")
+
+
+class StreamingHead(Protocol):
+    """What the streaming runtime needs from a head."""
+
+    feature_dim: int
+    num_classes: int
+
+    def push(self, features: np.ndarray) -> np.ndarray:
+        """Append snippets ``[N, D]``; return the CAS columns ``[M, C]`` that became final, in order."""
+        ...
+
+    def flush(self) -> np.ndarray:
+        """End the stream: return the remaining CAS columns (zero padding at the end) and start afresh."""
+        ...
+
+    def reset(self) -> None: ...
+
+    def close(self) -> None:
+        """Release what the head holds (backend sessions); it is unusable afterwards."""
+        ...
+
+
+@dataclass(frozen=True)
+class HeadWeights:
+    """The pre-stream of ECM as plain arrays (float32)."""
+
+    conv1_weight: np.ndarray  # [H, D, 3]
+    conv1_bias: np.ndarray  # [H]
+    conv2_weight: np.ndarray  # [H, H, 3]
+    conv2_bias: np.ndarray  # [H]
+    classifier_weight: np.ndarray  # [C, H] (the k=1 kernel squeezed)
+    leaky_slope: float = 0.01
+
+    @property
+    def feature_dim(self) -> int:
+        return self.conv1_weight.shape[1]
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.conv1_weight.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier_weight.shape[0]
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray], leaky_slope: float = 0.01, source: str = "weights"
+                   ) -> HeadWeights:
+        """Pick the head tensors out of an ECM state dict (torch-style names) and check their shapes."""
+        missing = [k for k in HEAD_TENSORS if k not in state]
+        if missing:
+            raise CheckpointError(f"{source} lacks {', '.join(missing)}; it is not an ECM state dict written by "
+                                  "ecm-edge (re-run `ecm-edge train` or pass the right folder)")
+        w1, b1 = (np.ascontiguousarray(state[k], dtype=np.float32) for k in ("conv1.weight", "conv1.bias"))
+        w2, b2 = (np.ascontiguousarray(state[k], dtype=np.float32) for k in ("conv2.weight", "conv2.bias"))
+        wc = np.asarray(state["classifier.weight"], dtype=np.float32)
+        wc = wc.reshape(wc.shape[0], -1)
+        h = w1.shape[0]
+        if (w1.ndim != 3 or w1.shape[2] != 3 or b1.shape != (h,) or w2.shape != (h, h, 3) or b2.shape != (h,)
+                or wc.shape[1] != h):
+            raise CheckpointError(f"{source} has inconsistent head shapes: conv1 {w1.shape}, conv2 {w2.shape}, "
+                                  f"classifier {wc.shape}; expected [H, D, 3], [H, H, 3], [C, H]")
+        return cls(w1, b1, w2, b2, np.ascontiguousarray(wc), float(leaky_slope))
+
+    @classmethod
+    def random(cls, feature_dim: int, hidden_dim: int, num_classes: int, seed: int = 0,
+               leaky_slope: float = 0.01) -> HeadWeights:
+        """Random weights with the fan-in scale of PyTorch's default init (benchmarks and tests)."""
+        rng = np.random.default_rng(seed)
+
+        def uniform(shape: tuple[int, ...], fan_in: int) -> np.ndarray:
+            bound = 1.0 / np.sqrt(fan_in)
+            return rng.uniform(-bound, bound, shape).astype(np.float32)
+
+        return cls(uniform((hidden_dim, feature_dim, 3), 3 * feature_dim), uniform((hidden_dim,), 3 * feature_dim),
+                   uniform((hidden_dim, hidden_dim, 3), 3 * hidden_dim), uniform((hidden_dim,), 3 * hidden_dim),
+                   uniform((num_classes, hidden_dim), hidden_dim), leaky_slope)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Torch-style names, the classifier with its k=1 axis (what ``ECM.load_state_dict`` expects)."""
+        return {"conv1.weight": self.conv1_weight, "conv1.bias": self.conv1_bias,
+                "conv2.weight": self.conv2_weight, "conv2.bias": self.conv2_bias,
+                "classifier.weight": self.classifier_weight[:, :, None]}
+
+
+def load_head_weights(folder: str | Path) -> tuple[HeadWeights, dict[str, Any]]:
+    """Read ``model.safetensors`` + ``model.json`` of a deploy folder without torch; returns weights and meta."""
+    folder = Path(folder)
+    weights_path, meta_path = folder / WEIGHTS_NAME, folder / META_NAME
+    if not weights_path.is_file() or not meta_path.is_file():
+        raise CheckpointError(f"{folder} has no {WEIGHTS_NAME} + {META_NAME}; pass a training run folder "
+                              "(runs/train/NAME) or a folder written by `ecm-edge export`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{meta_path} is corrupted ({exc}); re-run `ecm-edge train` or restore it") from None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights_path), framework="np") as f:  # tensor by tensor: no second copy of the file
+            stored = set(f.keys())
+            state = {name: f.get_tensor(name) for name in HEAD_TENSORS if name in stored}
+    except Exception as exc:
+        raise CheckpointError(f"{weights_path} cannot be read ({type(exc).__name__}: {exc}); the file is "
+                              "corrupted or was not written by ecm-edge") from None
+    slope = float(meta.get("dims", {}).get("leaky_slope", 0.01))
+    weights = HeadWeights.from_state(state, slope, source=str(weights_path))
+    classes = meta.get("class_names", [])
+    if len(classes) != weights.num_classes:
+        raise CheckpointError(f"{meta_path} lists {len(classes)} classes but {weights_path} scores "
+                              f"{weights.num_classes}")
+    return weights, meta
+
+
+def _leaky(x: np.ndarray, slope: float) -> np.ndarray:
+    return np.where(x >= 0, x, x * np.float32(slope))
+
+
+def _windows(columns: np.ndarray) -> np.ndarray:
+    """``[L, K]`` → ``[L − 2, 3K]``: every 3-column window flattened channel-major, tap-minor (like [K, 3])."""
+    view = np.lib.stride_tricks.sliding_window_view(columns, 3, axis=0)  # [L − 2, K, 3]
+    return view.reshape(view.shape[0], -1)
+
+
+class _ConvMatrices:
+    """One matrix product per layer, ``windows [N, 3K] @ [H, 3K]ᵀ``, on views of the weights (no copies: the
+    paper-size head keeps its 96 MiB once)."""
+
+    def __init__(self, w: HeadWeights):
+        self.conv1 = w.conv1_weight.reshape(w.hidden_dim, -1).T
+        self.conv2 = w.conv2_weight.reshape(w.hidden_dim, -1).T
+        self.classifier = w.classifier_weight.T
+        self.bias1, self.bias2, self.slope = w.conv1_bias, w.conv2_bias, w.leaky_slope
+
+    def hidden(self, inputs: np.ndarray) -> np.ndarray:
+        """conv1 + LeakyReLU over every valid 3-window of input columns ``[L, D]`` → ``[L − 2, H]``."""
+        return _leaky(_windows(inputs) @ self.conv1 + self.bias1, self.slope)
+
+    def cas(self, hidden: np.ndarray) -> np.ndarray:
+        """conv2 + LeakyReLU + classifier over every valid 3-window of hidden columns → ``[L − 2, C]``."""
+        return _leaky(_windows(hidden) @ self.conv2 + self.bias2, self.slope) @ self.classifier
+
+
+def full_cas(weights: HeadWeights, features: np.ndarray) -> np.ndarray:
+    """The offline pass (zero padding at both ends): features ``[T, D]`` → CAS ``[T, C]``."""
+    features = _check_features(features, weights.feature_dim)
+    mats = _ConvMatrices(weights)
+    pad_in = np.zeros((1, weights.feature_dim), np.float32)
+    pad_hidden = np.zeros((1, weights.hidden_dim), np.float32)
+    hidden = mats.hidden(np.concatenate([pad_in, features, pad_in]))
+    return mats.cas(np.concatenate([pad_hidden, hidden, pad_hidden]))
+
+
+def _check_features(features: np.ndarray, dim: int) -> np.ndarray:
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim == 1:
+        features = features[None]
+    if features.ndim != 2 or features.shape[1] != dim:
+        raise DataError(f"features must be [N, {dim}] (snippets × feature dim of the model), got "
+                        f"{list(features.shape)}; check that the extractor matches the artifacts")
+    if not np.isfinite(features).all():
+        raise DataError("features contain NaN or Inf; check the extractor or the feature file")
+    return features
+
+
+class ColumnHead:
+    """Incremental ECM head in numpy: exactly one new column per layer per snippet."""
+
+    def __init__(self, weights: HeadWeights):
+        self.weights = weights
+        self.feature_dim, self.num_classes = weights.feature_dim, weights.num_classes
+        self._mats = _ConvMatrices(weights)
+        self.reset()
+
+    def reset(self) -> None:
+        # one zero column each: conv1's padding before snippet 0, conv2's padding before hidden column 0
+        self._inputs = np.zeros((1, self.feature_dim), np.float32)
+        self._hidden = np.zeros((1, self.weights.hidden_dim), np.float32)
+        self._received = 0
+
+    def push(self, features: np.ndarray) -> np.ndarray:
+        features = _check_features(features, self.feature_dim)
+        self._received += len(features)
+        return self._advance(np.concatenate([self._inputs, features]), end=False)
+
+    def close(self) -> None:
+        """Nothing to release: the weights are plain arrays."""
+
+    def flush(self) -> np.ndarray:
+        if self._received == 0:
+            return np.zeros((0, self.num_classes), np.float32)
+        pad = np.zeros((1, self.feature_dim), np.float32)
+        cas = self._advance(np.concatenate([self._inputs, pad]), end=True)
+        self.reset()
+        return cas
+
+    def _advance(self, inputs: np.ndarray, end: bool) -> np.ndarray:
+        new_hidden = self._mats.hidden(inputs) if len(inputs) >= 3 else inputs[:0, :0]
+        self._inputs = inputs[-2:]
+        parts = [self._hidden] + ([new_hidden] if len(new_hidden) else [])
+        if end:
+            parts.append(np.zeros((1, self.weights.hidden_dim), np.float32))
+        hidden = np.concatenate(parts)
+        self._hidden = hidden[-2:]
+        if len(hidden) < 3:
+            return np.zeros((0, self.num_classes), np.float32)
+        return self._mats.cas(hidden)
+
+
+class WindowRunner(Protocol):
+    """A backend session exposing the two exported graphs (features ``[1, T, D]`` → CAS ``[1, T', C]``)."""
+
+    def stream_cas(self, window: np.ndarray) -> np.ndarray:
+        """Valid-padding graph: ``[W, D]`` → CAS of the ``W − 4`` centre columns ``[W − 4, C]``."""
+        ...
+
+    def full_cas(self, features: np.ndarray) -> np.ndarray:
+        """Offline graph with zero padding: ``[T, D]`` → ``[T, C]``."""
+        ...
+
+
+class WindowHead:
+    """Incremental head through an exported graph: one 5-column valid window per new snippet."""
+
+    def __init__(self, runner: WindowRunner, feature_dim: int, num_classes: int):
+        self.runner = runner
+        self.feature_dim, self.num_classes = feature_dim, num_classes
+        self.reset()
+
+    def reset(self) -> None:
+        self._tail = np.zeros((0, self.feature_dim), np.float32)  # the last ≤ 4 snippets
+        self._received = 0
+
+    def push(self, features: np.ndarray) -> np.ndarray:
+        features = _check_features(features, self.feature_dim)
+        out: list[np.ndarray] = []
+        for column in features:
+            self._tail = np.concatenate([self._tail, column[None]])[-(WINDOW - 1) - 1:]
+            self._received += 1
+            if self._received == WINDOW - 1:  # snippets 0..3 give the two padded first columns
+                out.append(self.runner.full_cas(self._tail)[:RECEPTIVE_RADIUS])
+            elif self._received >= WINDOW:
+                out.append(self.runner.stream_cas(self._tail))
+        return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
+
+    def close(self) -> None:
+        close = getattr(self.runner, "close", None)
+        if close is not None:
+            close()
+
+    def flush(self) -> np.ndarray:
+        received, tail = self._received, self._tail
+        self.reset()
+        if received == 0:
+            return np.zeros((0, self.num_classes), np.float32)
+        if received < WINDOW - 1:  # nothing emitted yet: the full graph over the whole (short) stream
+            return self.runner.full_cas(tail)
+        return self.runner.full_cas(tail[-(WINDOW - 1):])[-RECEPTIVE_RADIUS:]
+
+
+class FullPassRunner:
+    """A :class:`WindowRunner` from any offline pass with zero padding (numpy, torch).
+
+    The ``W − 4`` centre columns of a zero-padded pass over a window never see the padding, so they equal the
+    valid-padding streaming graph's output.
+    """
+
+    def __init__(self, full_pass: Callable[[np.ndarray], np.ndarray]):
+        self._full = full_pass
+
+    def full_cas(self, features: np.ndarray) -> np.ndarray:
+        return np.asarray(self._full(features), np.float32)
+
+    def stream_cas(self, window: np.ndarray) -> np.ndarray:
+        return self.full_cas(window)[RECEPTIVE_RADIUS:-RECEPTIVE_RADIUS]
+
+
+class BackendRunner:
+    """A :class:`WindowRunner` over the two exported graphs, each loaded by an inference backend
+    (``ecm_edge.runtime.backends``: ``infer({"features": [1, T, D]}) -> {"cas": [1, T', C], ...}``)."""
+
+    def __init__(self, offline: Any, streaming: Any):
+        self.offline, self.streaming = offline, streaming
+
+    def full_cas(self, features: np.ndarray) -> np.ndarray:
+        return np.asarray(self.offline.infer(features[None])["cas"][0], np.float32)
+
+    def stream_cas(self, window: np.ndarray) -> np.ndarray:
+        return np.asarray(self.streaming.infer(window[None])["cas"][0], np.float32)
+
+    def close(self) -> None:
+        self.offline.close()
+        self.streaming.close()

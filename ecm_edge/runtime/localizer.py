@@ -1,0 +1,382 @@
+"""``ecm_edge.Localizer``: the embedding API — frames or features in, action segments out, without torch.
+
+::
+
+    from ecm_edge import Localizer
+
+    with Localizer.from_artifacts("runs/train/exp", extractor="tiny") as localizer:
+        localizer.on_event(lambda event: print(event))
+        for frames, timestamps in camera_batches():  # [N, H, W, 3] uint8 BGR, seconds
+            localizer.push_frames(frames, timestamps)
+    # leaving the block flushes: open segments are closed, scored and emitted
+
+``from_artifacts(DIR)`` accepts both kinds of folder that ecm-edge writes:
+
+- a **deploy folder** (``model.safetensors`` + ``model.json``, what ``ecm-edge train`` leaves in its run folder):
+  run by :class:`~ecm_edge.runtime.head.ColumnHead` in numpy (``backend="numpy"``, the ``auto`` choice), one
+  column of work per snippet; ``backend="torch"`` runs the same weights through torch instead;
+- an **export folder** (``ecm.onnx`` + ``ecm.stream.onnx`` with their manifests, from ``ecm-edge export``): the
+  exported graphs run by ONNX Runtime or TensorRT (``backend="onnxruntime"`` / ``"tensorrt"``; ``auto`` picks
+  what the machine has), one 5-snippet window per snippet (:class:`~ecm_edge.runtime.head.WindowHead`).
+
+Class names and the config (thresholds, horizon) come from the folder; ``config=`` / ``overrides=`` refine them.
+
+Every ``push_*`` returns the events it produced and also hands them to the sinks and callbacks through a writer
+thread; ``flush()`` returns once every sink has seen them. All methods are thread-safe (one lock around the
+state); a failing callback is logged and the stream goes on. After ``flush()`` the next push starts a new stream
+whose snippet times continue after the last one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ecm_edge.config import Config, apply_override, config_from_dict, load_config
+from ecm_edge.errors import CheckpointError, ConfigError, DataError
+from ecm_edge.runtime import events as ev
+from ecm_edge.runtime.head import (
+    META_NAME,
+    WEIGHTS_NAME,
+    ColumnHead,
+    StreamingHead,
+    load_head_weights,
+)
+from ecm_edge.runtime.online import OnlineParams, OnlinePostProcessor
+from ecm_edge.runtime.sinks import CallbackSink, EventDispatcher, Sink
+
+log = logging.getLogger("ecm_edge")
+
+BACKENDS = ("auto", "numpy", "onnxruntime", "tensorrt", "torch")
+
+
+class Localizer:
+    """Streaming ECM: keeps the head, the causal post-processing and the event sinks of one stream."""
+
+    def __init__(self, head: StreamingHead, class_names: Sequence[str], config: Config, *,
+                 extractor: Any = None, sinks: Iterable[Sink] = (), backend: str = "custom"):
+        if len(class_names) != head.num_classes:
+            raise ConfigError(f"{len(class_names)} class names for a head with {head.num_classes} classes")
+        self.head, self.class_names, self.config, self.backend = head, list(class_names), config, backend
+        self.snippet_seconds = config.data.snippet_seconds
+        self.post = OnlinePostProcessor(OnlineParams.from_config(config), self.class_names)
+        self.dispatcher = EventDispatcher(sinks, config.stream.event_queue)
+        self.stats = ev.StepStats()
+        self.dropped_frames = 0  # set by whoever reads the source (the CLI does); reported in `stats`
+        self._extractor_spec = extractor
+        self._extractor: Any = None
+        self._assembler: Any = None
+        self._lock = threading.RLock()
+        self._pending_times: deque[tuple[float, float]] = deque()  # snippets whose CAS is not final yet
+        self._last_end: float | None = None  # source time where the newest snippet ends
+        self._clock = 0.0  # source time where the next feature snippet starts when no time is given
+        self._frame_index = 0
+
+    # -- construction -----------------------------------------------------------------------------------------
+    @classmethod
+    def from_artifacts(cls, path: str | Path, backend: str = "auto", *, config: Config | str | Path | None = None,
+                       overrides: Sequence[str] = (), extractor: Any = None,
+                       extractor_options: dict[str, Any] | None = None, sinks: Iterable[Sink] = ()) -> Localizer:
+        """Load a deploy or export folder once (see the module doc); ``backend`` is one of :data:`BACKENDS`.
+
+        ``extractor`` (needed for :meth:`push_frames`): a registry name (``tiny`` is sized to the model; ``i3d``
+        takes ``extractor_options={"artifact": "i3d.onnx"}``) or an extractor object.
+        """
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        folder = Path(path)
+        if folder.is_file():
+            folder = folder.parent
+        if not folder.is_dir():
+            raise CheckpointError(f"artifacts folder {folder} does not exist; pass a training run folder "
+                                  "(runs/train/NAME) or an export folder (runs/export/NAME)")
+        head, class_names, stored_config, chosen = load_head(folder, backend)
+        cfg = _resolve_config(stored_config, config, overrides, folder)
+        _check_feature_dim(cfg, head, folder)
+        if extractor is not None:
+            extractor = make_extractor(extractor, head.feature_dim, **(extractor_options or {}))
+        log.debug("localizer: %s head from %s, %d classes, D = %d", chosen, folder, head.num_classes,
+                  head.feature_dim)
+        return cls(head, class_names, cfg, extractor=extractor, sinks=sinks, backend=chosen)
+
+    # -- sinks ------------------------------------------------------------------------------------------------
+    def on_event(self, callback: Callable[[ev.Event], Any]) -> Callable[[ev.Event], Any]:
+        """Call ``callback(event)`` for every event (from the writer thread); usable as a decorator."""
+        self.dispatcher.add(CallbackSink(callback))
+        return callback
+
+    def add_sink(self, sink: Sink) -> Sink:
+        return self.dispatcher.add(sink)
+
+    def emit(self, event: ev.Event) -> None:
+        """Publish an event from outside the pipeline (a source's ``source_lost`` / ``source_restored``)."""
+        self.dispatcher.publish([event])
+
+    # -- input ------------------------------------------------------------------------------------------------
+    @property
+    def feature_dim(self) -> int:
+        return self.head.feature_dim
+
+    def push_features(self, features: np.ndarray, start_time: float | None = None,
+                      end_times: Sequence[float] | None = None) -> list[ev.Event]:
+        """Snippet features ``[N, D]`` (or one ``[D]``) in stream order; returns the events they completed.
+
+        Snippet times default to consecutive snippet durations after the previous snippet; ``start_time`` sets
+        the first snippet's start, ``end_times`` gives each snippet's end (then starts follow the previous end).
+        """
+        features = np.asarray(features, np.float32)
+        if features.ndim == 1:
+            features = features[None]
+        with self._lock:
+            starts, ends = self._feature_times(len(features), start_time, end_times)
+            frames = len(features) * self.config.data.snippet_frames
+            return self._process_runs(features, starts, ends, frames)
+
+    def push_frames(self, frames: Sequence[np.ndarray] | np.ndarray, timestamps: Sequence[float]) -> list[ev.Event]:
+        """Video frames (``[H, W, 3]`` uint8, BGR as OpenCV delivers them) with their source times in seconds."""
+        if len(frames) != len(timestamps):
+            raise DataError(f"push_frames got {len(frames)} frames but {len(timestamps)} timestamps")
+        from ecm_edge.runtime.sources import Frame
+
+        with self._lock:
+            assembler, extractor = self._frame_pipeline()
+            snippets = []
+            for image, stamp in zip(frames, timestamps, strict=True):
+                snippets += assembler.push(Frame(np.asarray(image), float(stamp), self._frame_index))
+                self._frame_index += 1
+            if not snippets:
+                self.stats.record(0.0, 0, len(frames))
+                return []
+            features = np.asarray(extractor.extract(snippets), np.float32)
+            return self._process_runs(features, [s.start_time for s in snippets], [s.end_time for s in snippets],
+                                      len(frames))
+
+    def flush(self) -> list[ev.Event]:
+        """End the stream: close and score the open segments, emit them, wait for the sinks; start afresh."""
+        with self._lock:
+            if self._assembler is not None:
+                self._assembler.flush(pad=False)
+            events = self._end_stream()
+            self.dispatcher.publish(events)
+        self.dispatcher.drain()
+        return events
+
+    def _end_stream(self) -> list[ev.Event]:
+        """The head's last columns and the tracker's open candidates, as events (not yet published)."""
+        now = self._last_end
+        cas = self.head.flush()
+        times = [self._pending_times.popleft() for _ in range(len(cas))]
+        events = self.post.push(cas, [t[0] for t in times], [t[1] for t in times],
+                                None if now is None else [now] * len(cas))
+        events += self.post.flush(now)
+        self._pending_times.clear()
+        self._last_end = None
+        return events
+
+    def stats_event(self) -> ev.Event:
+        """A ``stats`` event for the interval since the last one."""
+        with self._lock:
+            return self.stats.event(self.dropped_frames)
+
+    def close(self) -> None:
+        """Deliver what is queued, close the sinks and release the head (does not flush; leaving a ``with``
+        block does both)."""
+        self.dispatcher.close()
+        with self._lock:
+            self.head.close()
+
+    def __enter__(self) -> Localizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.flush()
+        finally:
+            self.close()
+
+    # -- the pipeline -----------------------------------------------------------------------------------------
+    def _process_runs(self, features: np.ndarray, starts: Sequence[float], ends: Sequence[float],
+                      frames: int) -> list[ev.Event]:
+        """Process snippets, ending the stream at every source gap longer than ``stream.max_frame_gap_s`` (an
+        outage, a stalled camera): no segment and no convolution spans an outage."""
+        limit = self.config.stream.max_frame_gap_s
+        cuts = [i for i in range(1, len(starts)) if starts[i] - ends[i - 1] > limit]
+        events: list[ev.Event] = []
+        for first, last in itertools.pairwise([0, *cuts, len(starts)]):
+            if self._last_end is not None and starts[first] - self._last_end > limit:
+                closed = self._end_stream()
+                self.dispatcher.publish(closed)
+                events += closed
+            events += self._process(features[first:last], starts[first:last], ends[first:last],
+                                    frames if first == 0 else 0)
+        return events
+
+    def _process(self, features: np.ndarray, starts: Sequence[float], ends: Sequence[float],
+                 frames: int) -> list[ev.Event]:
+        began = time.perf_counter()
+        cas = self.head.push(features)
+        self._pending_times.extend(zip(starts, ends, strict=True))
+        times = [self._pending_times.popleft() for _ in range(len(cas))]
+        # the columns completed by this push were completed by its last snippets, one each (at the start of a
+        # window head, two by one snippet): latencies count from those snippets' ends
+        m = len(cas)
+        nows = list(ends[len(ends) - m:]) if m <= len(ends) else [ends[-1]] * m
+        self._last_end = ends[-1]
+        events = self.post.push(cas, [t[0] for t in times], [t[1] for t in times], nows)
+        self.stats.record((time.perf_counter() - began) / len(features), len(features), frames)
+        if self.stats.due(self.config.stream.stats_every_s):
+            events.append(self.stats.event(self.dropped_frames))
+        self.dispatcher.publish(events)
+        return events
+
+    def _feature_times(self, n: int, start_time: float | None,
+                       end_times: Sequence[float] | None) -> tuple[list[float], list[float]]:
+        step = self.snippet_seconds
+        first = self._clock if start_time is None else float(start_time)
+        if end_times is not None:
+            if len(end_times) != n:
+                raise DataError(f"push_features got {n} snippets but {len(end_times)} end times")
+            ends = [float(t) for t in end_times]
+            starts = [first, *ends[:-1]]
+        else:
+            starts = [first + i * step for i in range(n)]
+            ends = [s + step for s in starts]
+        if n:
+            self._clock = ends[-1]
+        return starts, ends
+
+    def _frame_pipeline(self) -> tuple[Any, Any]:
+        if self._assembler is None:
+            from ecm_edge.runtime.extractors import assembler_for
+
+            self._extractor = make_extractor(self._extractor_spec, self.head.feature_dim)
+            self._assembler = assembler_for(self._extractor, self.config.data, self.config.stream)
+        return self._assembler, self._extractor
+
+
+def make_extractor(spec: Any, feature_dim: int, **options: Any) -> Any:
+    """An extractor from a registry name (``tiny`` is sized to the model) or an extractor object, checked
+    against the model's feature dimension."""
+    if spec is None:
+        raise ConfigError("frames need a feature extractor: pass extractor='tiny' (or 'i3d', or an extractor "
+                          "object) to Localizer.from_artifacts, the one the model's training features came from")
+    if isinstance(spec, str):
+        from ecm_edge.runtime.extractors import create_extractor
+
+        if spec == "tiny":
+            options.setdefault("dim", feature_dim)
+        spec = create_extractor(spec, **options)
+    if spec.dim != feature_dim:
+        raise ConfigError(f"the {getattr(spec, 'name', 'given')} extractor gives {spec.dim}-d features but the "
+                          f"model expects {feature_dim}; use the extractor the model was trained with")
+    return spec
+
+
+# -- loading artifacts ----------------------------------------------------------------------------------------
+def load_head(folder: Path, backend: str) -> tuple[StreamingHead, list[str], dict[str, Any] | None, str]:
+    """The head for ``backend`` from a deploy or export folder: (head, class names, stored config, backend)."""
+    has_deploy = (folder / WEIGHTS_NAME).is_file() and (folder / META_NAME).is_file()
+    if backend == "numpy" or (backend == "auto" and has_deploy):
+        if not has_deploy:
+            raise CheckpointError(f"backend numpy needs deploy weights ({WEIGHTS_NAME} + {META_NAME}) in {folder}; "
+                                  "pass a training run folder or choose --backend onnxruntime for an export folder")
+        weights, meta = load_head_weights(folder)
+        return ColumnHead(weights), list(meta["class_names"]), meta.get("config"), "numpy"
+    if backend == "torch":
+        return _torch_head(folder)
+    return _exported_head(folder, backend)
+
+
+def _torch_head(folder: Path) -> tuple[StreamingHead, list[str], dict[str, Any] | None, str]:
+    """The deploy weights through torch, one 5-snippet window per snippet. It runs under torch's own thread
+    settings; on a small CPU, ``torch.set_num_threads(1)`` keeps torch's spinning workers from starving the
+    event thread (a window is too small to gain from more)."""
+    try:
+        import torch
+
+        from ecm_edge.train.deploy import load_deploy
+    except ImportError:
+        from ecm_edge.errors import MissingDependencyError
+
+        raise MissingDependencyError("torch", "backend torch", "install ecm-edge[train], or use --backend numpy "
+                                     "(same weights, no torch)") from None
+    from ecm_edge.runtime.head import FullPassRunner, WindowHead
+
+    deployed = load_deploy(folder)
+    model = deployed.model
+
+    def full_pass(features: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model.export_forward(torch.from_numpy(np.ascontiguousarray(features))[None])[0][0].numpy()
+
+    head = WindowHead(FullPassRunner(full_pass), model.dims.feature_dim, model.dims.num_classes)
+    return head, deployed.class_names, deployed.meta.get("config"), "torch"
+
+
+def _exported_head(folder: Path, backend: str) -> tuple[StreamingHead, list[str], dict[str, Any] | None, str]:
+    """The offline and streaming graphs of an export folder, same kind and precision, verified and loaded."""
+    from ecm_edge.manifest import read_manifest
+    from ecm_edge.runtime.backends import load_backend, select_artifact
+    from ecm_edge.runtime.head import BackendRunner, WindowHead
+
+    kind = {"onnxruntime": "onnx", "tensorrt": "engine"}.get(backend)
+    offline_path = select_artifact(folder, "offline", kind=kind)
+    manifest = read_manifest(offline_path)
+    streaming_path = select_artifact(folder, "streaming", precision=manifest.precision, kind=manifest.kind)
+    runner = BackendRunner(load_backend(offline_path, backend), load_backend(streaming_path, backend))
+    head = WindowHead(runner, int(manifest.feature["dim"]), len(manifest.class_names))
+    log.debug("exported head: %s + %s on %s", offline_path.name, streaming_path.name, runner.offline.name)
+    return head, list(manifest.class_names), _exported_config(manifest, folder), runner.offline.name
+
+
+def _exported_config(manifest: Any, folder: Path) -> dict[str, Any] | None:
+    """The config an export was made from: the deploy folder's ``model.json`` it names when still there,
+    else the shipped config of that name, else None (the defaults)."""
+    import json
+
+    from ecm_edge.config import shipped_config_names
+
+    weights = manifest.source.get("weights")
+    for candidate in ([Path(weights), folder / Path(weights)] if weights else []):
+        meta = (candidate if candidate.is_dir() else candidate.parent) / META_NAME
+        if meta.is_file():
+            with contextlib.suppress(ValueError, KeyError):
+                return json.loads(meta.read_text())["config"]
+    name = manifest.source.get("config")
+    if name in shipped_config_names():
+        log.info("%s: thresholds from the shipped config %r (the training run's model.json is not at hand)",
+                 folder, name)
+        return load_config(name).to_dict()
+    return None
+
+
+def _resolve_config(stored: dict[str, Any] | None, config: Config | str | Path | None, overrides: Sequence[str],
+                    folder: Path) -> Config:
+    if isinstance(config, Config):
+        cfg = config
+    elif config is not None:
+        cfg = load_config(config)
+    elif stored is not None:
+        cfg = config_from_dict({k: v for k, v in stored.items() if k != "name"}, source=str(folder / META_NAME))
+        cfg.name = str(stored.get("name", "custom"))
+    else:
+        cfg = load_config(None)
+    for item in overrides:
+        apply_override(cfg, item)
+    return cfg
+
+
+def _check_feature_dim(cfg: Config, head: StreamingHead, folder: Path) -> None:
+    if cfg.data.feature_dim != head.feature_dim:
+        log.warning("config says data.feature_dim = %d but the model in %s takes %d-d features; using the model's",
+                    cfg.data.feature_dim, folder, head.feature_dim)
+        cfg.data.feature_dim = head.feature_dim

@@ -1,0 +1,255 @@
+"""Causal post-processing: CAS columns in, final segments out (DESIGN.md §7).
+
+The offline post-processing (§5) looks at the whole video; a stream only has the past. The causal replacements:
+
+- **Video scores**: softmax of the per-class top-k mean over the last ``stream.horizon`` CAS columns, with k the
+  config's ``int(T_fixed · r)`` clipped to the number of columns seen (at most the horizon).
+- **Normalization**: each new column is normalized with the running ``relu(max)`` / ``relu(min)`` of its class
+  over the horizon (Δ ≤ 0 → 1), once, when it arrives; stored values are never revised.
+- **Candidates**: per class and activation threshold θ, a candidate opens when the normalized score rises to θ
+  (and above 0) and closes at the last column before it falls below. Its OIC outer window is the offline one
+  (``ecm_edge.kernels``): ``[int(s − λ·len), s − 1] ∪ [e + 1, int(e + λ·len) − 1]``; once its right part has
+  arrived (at flush: clipped to the end of the stream) the candidate is scored ``inner − outer + γ · video
+  score`` on the thresholded values, dropped when the class's current video score is below
+  ``post.class_threshold``, and compared with the segments of its class already emitted (the kernels' IoU in
+  the ``stream.mode`` convention; kept when IoU < ``post.nms_iou``). Candidates ready at the same step are
+  taken highest score first, as the offline greedy NMS does. What is emitted is final.
+
+Everything works at snippet resolution: a segment covers the source times of its first and last snippets.
+Outer windows reach back at most ``stream.horizon`` columns (the retained history); only segments longer than
+``horizon / (1 + 2λ)`` snippets see a truncated outer window. The ``ecm`` mode's index-0 quirk depends on the
+whole row and has no causal equivalent; ``stream.mode`` selects the IoU convention only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ecm_edge.config import Config
+from ecm_edge.errors import ConfigError
+from ecm_edge.kernels.params import PostParams
+from ecm_edge.kernels.reference import interval_iou
+from ecm_edge.runtime import events as ev
+
+log = logging.getLogger("ecm_edge")
+
+
+@dataclass(frozen=True)
+class OnlineParams:
+    """The numbers of the causal post-processing: the offline ones (``post``, in the ``stream.mode`` IoU
+    convention) plus the horizon, k of the top-k and whether to send early alerts."""
+
+    post: PostParams
+    horizon: int  # snippets of history for video scores, normalization and outer windows
+    topk: int  # k of the top-k video score before clipping to the history length
+    emit_open: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> OnlineParams:
+        post = PostParams.from_config(cfg.post).replace(mode=cfg.stream.mode)
+        return cls(post, horizon=cfg.stream.horizon, topk=cfg.topk, emit_open=cfg.stream.emit_open)
+
+
+class CausalScorer:
+    """Video scores and per-class normalization over a sliding horizon of CAS columns."""
+
+    def __init__(self, num_classes: int, horizon: int, topk: int):
+        if horizon < 1:
+            raise ConfigError(f"stream.horizon must be at least 1 snippet, got {horizon}")
+        self.horizon, self.topk = horizon, max(1, topk)
+        self._ring = np.zeros((horizon, num_classes), np.float32)
+        self._seen = 0
+
+    def reset(self) -> None:
+        self._seen = 0
+
+    def push(self, cas_column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Add one CAS column ``[C]``; return (video scores ``[C]``, the column normalized ``[C]``)."""
+        self._ring[self._seen % self.horizon] = cas_column
+        self._seen += 1
+        window = self._ring[: min(self._seen, self.horizon)]
+        k = min(self.topk, len(window))
+        top_mean = np.partition(window, len(window) - k, axis=0)[len(window) - k:].mean(axis=0)
+        scores = np.exp(top_mean - top_mean.max())
+        scores /= scores.sum()
+        high, low = np.maximum(window.max(axis=0), 0), np.maximum(window.min(axis=0), 0)
+        delta = high - low
+        delta[delta <= 0] = 1.0
+        return scores, (cas_column - low) / delta
+
+
+@dataclass
+class _Candidate:
+    class_id: int
+    threshold: int  # index into the activation thresholds
+    first: int  # snippet index of the first and last column
+    last: int
+    inner_sum: float
+    start: float  # source time of the first column's start and the last column's end
+    end: float
+    ready_at: int  # the index whose arrival completes the right outer window
+
+    @property
+    def length(self) -> int:
+        return self.last - self.first + 1
+
+
+class SegmentTracker:
+    """Online multi-threshold candidates per class, OIC scoring and NMS against emitted segments."""
+
+    def __init__(self, params: OnlineParams, class_names: Sequence[str]):
+        self.params, self.post, self.class_names = params, params.post, list(class_names)
+        self.thresholds = np.asarray(params.post.act_thresholds, np.float32)
+        self.history = max(1, params.horizon)
+        self.reset()
+
+    def reset(self) -> None:
+        c, j = len(self.class_names), len(self.thresholds)
+        self._values = np.zeros((self.history, c), np.float32)  # normalized columns, ring over the history
+        self._index = -1  # index of the last column
+        self._open_first = np.full((c, j), -1, np.int64)
+        self._open_sum = np.zeros((c, j), np.float64)
+        self._open_start = np.zeros((c, j), np.float64)
+        self._pending: list[_Candidate] = []
+        self._emitted: list[list[tuple[float, float]]] = [[] for _ in range(c)]
+        self._last_end = 0.0
+
+    def update(self, normalized: np.ndarray, video_scores: np.ndarray, start: float, end: float,
+               now: float | None = None) -> list[ev.Event]:
+        """Add the next normalized column (with its snippet's source times); return the events it completes.
+
+        ``now`` is the source time of the newest snippet (later than ``end`` by the head's delay); segment
+        latencies are measured against it.
+        """
+        t = self._index = self._index + 1
+        self._values[t % self.history] = normalized
+        events = self._track_runs(t, normalized, video_scores, start)
+        self._last_end = end
+        ready = [cand for cand in self._pending if cand.ready_at <= t]
+        if ready:
+            self._pending = [cand for cand in self._pending if cand.ready_at > t]
+            events += self._emit(ready, video_scores, end if now is None else now, stream_end=None)
+        return events
+
+    def flush(self, video_scores: np.ndarray | None, now: float | None = None) -> list[ev.Event]:
+        """End of stream: close open candidates at the last column, score everything pending, start afresh."""
+        events: list[ev.Event] = []
+        if self._index >= 0 and video_scores is not None:
+            for c, j in zip(*np.nonzero(self._open_first >= 0), strict=True):
+                self._close(int(c), int(j), self._index, self._last_end)
+            now = self._last_end if now is None else now
+            events = self._emit(self._pending, video_scores, now, stream_end=self._index)
+        self.reset()
+        return events
+
+    # -- candidates -------------------------------------------------------------------------------------------
+    def _track_runs(self, t: int, normalized: np.ndarray, video_scores: np.ndarray, start: float) -> list[ev.Event]:
+        active = (normalized[:, None] >= self.thresholds[None, :]) & (normalized[:, None] > 0)
+        was_open = self._open_first >= 0
+        for c, j in zip(*np.nonzero(was_open & ~active), strict=True):
+            self._close(int(c), int(j), t - 1, self._last_end)
+        opening = active & ~was_open
+        events = self._open_alerts(opening, was_open, video_scores, start)
+        self._open_first[opening] = t
+        self._open_start[opening] = start
+        self._open_sum[opening] = 0.0
+        self._open_sum[active] += np.broadcast_to(normalized[:, None], active.shape)[active]
+        return events
+
+    def _open_alerts(self, opening: np.ndarray, was_open: np.ndarray, video_scores: np.ndarray,
+                     start: float) -> list[ev.Event]:
+        if not self.params.emit_open:
+            return []
+        first = opening.any(axis=1) & ~was_open.any(axis=1)
+        first &= video_scores >= self.post.class_threshold
+        return [ev.segment_open_event(int(c), self.class_names[c], start, float(video_scores[c]))
+                for c in np.nonzero(first)[0]]
+
+    def _close(self, c: int, j: int, last: int, end: float) -> None:
+        first = int(self._open_first[c, j])
+        length = last - first + 1
+        ready_at = int(last + self.post.oic_lambda * length) - 1  # the right outer window's last column
+        self._pending.append(_Candidate(c, j, first, last, float(self._open_sum[c, j]),
+                                        float(self._open_start[c, j]), end, ready_at))
+        self._open_first[c, j] = -1
+
+    # -- scoring and emission ---------------------------------------------------------------------------------
+    def _oic_score(self, cand: _Candidate, video_scores: np.ndarray, newest: int) -> float:
+        reach = self.post.oic_lambda * cand.length
+        oldest = max(0, self._index - self.history + 1)
+        left = np.arange(max(oldest, int(cand.first - reach)), cand.first)
+        right = np.arange(cand.last + 1, min(newest + 1, int(cand.last + reach)))
+        outer_idx = np.concatenate([left, right])
+        outer = 0.0
+        if len(outer_idx):
+            values = self._values[outer_idx % self.history, cand.class_id]
+            outer = float(np.where(values >= self.thresholds[cand.threshold], values, 0.0).mean())
+        inner = cand.inner_sum / cand.length
+        return inner - outer + self.post.gamma * float(video_scores[cand.class_id])
+
+    def _emit(self, ready: list[_Candidate], video_scores: np.ndarray, now: float,
+              stream_end: int | None) -> list[ev.Event]:
+        newest = self._index if stream_end is None else stream_end
+        keep = [cand for cand in ready if video_scores[cand.class_id] >= self.post.class_threshold]
+        scored = sorted(((self._oic_score(cand, video_scores, newest), cand) for cand in keep),
+                        key=lambda pair: -pair[0])
+        events: list[ev.Event] = []
+        for score, cand in scored:
+            if self._suppressed(cand):
+                continue
+            self._emitted[cand.class_id].append((cand.start, cand.end))
+            events.append(ev.segment_event(cand.class_id, self.class_names[cand.class_id], cand.start, cand.end,
+                                           score, latency=max(0.0, now - cand.end), emitted_at=time.time()))
+        self._forget_old_segments()
+        return events
+
+    def _suppressed(self, cand: _Candidate) -> bool:
+        emitted = self._emitted[cand.class_id]
+        if not emitted:
+            return False
+        spans = np.asarray(emitted, np.float64)
+        iou = interval_iou(cand.start, cand.end, spans[:, 0], spans[:, 1], self.post.ecm_mode)
+        return bool((iou >= self.post.nms_iou).any())
+
+    def _forget_old_segments(self) -> None:
+        """Drop emitted segments that end before any future candidate can start (one time unit of margin for
+        the ``ecm`` convention, whose +1 makes segments up to one second apart overlap)."""
+        starts = [cand.start for cand in self._pending] + list(self._open_start[self._open_first >= 0])
+        horizon_start = min(starts, default=self._last_end) - 1.0
+        for c, spans in enumerate(self._emitted):
+            if spans and spans[0][1] < horizon_start:
+                self._emitted[c] = [span for span in spans if span[1] >= horizon_start]
+
+
+class OnlinePostProcessor:
+    """Causal scorer + segment tracker: final CAS columns with their times in, events out."""
+
+    def __init__(self, params: OnlineParams, class_names: Sequence[str]):
+        self.params = params
+        self.scorer = CausalScorer(len(class_names), params.horizon, params.topk)
+        self.tracker = SegmentTracker(params, class_names)
+        self._last_scores: np.ndarray | None = None
+
+    def push(self, cas: np.ndarray, starts: Sequence[float], ends: Sequence[float],
+             nows: Sequence[float] | None = None) -> list[ev.Event]:
+        """CAS columns ``[M, C]`` (final, in order) with each column's snippet start/end time and, for latencies,
+        the source time at which each column became final (default: its own end)."""
+        events: list[ev.Event] = []
+        nows = ends if nows is None else nows
+        for column, start, end, now in zip(cas, starts, ends, nows, strict=True):
+            scores, normalized = self.scorer.push(column)
+            self._last_scores = scores
+            events += self.tracker.update(normalized, scores, float(start), float(end), float(now))
+        return events
+
+    def flush(self, now: float | None = None) -> list[ev.Event]:
+        """End of stream: emit what the remaining candidates give and start afresh."""
+        events = self.tracker.flush(self._last_scores, now)
+        self.scorer.reset()
+        self._last_scores = None
+        return events

@@ -1,0 +1,150 @@
+"""Snippet assembly: frames at any rate in, 16-frame snippets at 25 fps out (DESIGN.md §4, §7).
+
+The output is a regular 25 fps grid that starts at the first frame's timestamp; each grid slot takes the source
+frame nearest to it in time (ties go to the earlier frame), so a 30 fps source skips one frame in six and a
+12.5 fps source shows every frame twice, as a player re-timing the video would. Sixteen consecutive slots form
+one snippet, and snippet ``i`` of a gapless source covers ``[t0 + 0.64 i, t0 + 0.64 (i + 1))``.
+
+A slot is decided as soon as a frame at or after its time arrives, so assembly adds no latency beyond one
+source frame. A gap between source frames longer than ``stream.max_frame_gap_s`` (a reconnect, a stalled
+camera) is not filled with a stale frame: the unfinished snippet is dropped and the grid restarts at the next
+frame, while snippet indices keep counting.
+
+An optional ``transform`` (the feature extractor's per-frame preparation, e.g. resize and crop) is applied once
+per source frame that fills a slot, so full-resolution frames are never held sixteen at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ecm_edge.config import DataConfig, StreamConfig
+from ecm_edge.runtime.sources import Frame
+
+logger = logging.getLogger("ecm_edge")
+
+_TIME_EPS = 1e-9  # seconds; slot times and frame times closer than this are the same instant
+
+
+@dataclass
+class Snippet:
+    """Sixteen frames on the 25 fps grid and the time span they cover."""
+
+    frames: np.ndarray  # [16, H, W, 3] uint8 (BGR source frames, or the extractor's prepared frames)
+    start_time: float  # seconds on the source's clock, time of the first slot
+    end_time: float  # start_time + 16 / 25
+    index: int  # 0, 1, 2, ... in order of assembly
+    prepared_for: str | None = None  # the extractor preparation applied to the frames (None: raw frames)
+
+
+class _HeldFrame:
+    """A source frame kept for the next slots, transformed at most once and only if a slot uses it."""
+
+    __slots__ = ("_prepared", "_transform", "image", "timestamp")
+
+    def __init__(self, frame: Frame, transform: Callable[[np.ndarray], np.ndarray] | None):
+        self.image = frame.image
+        self.timestamp = frame.timestamp
+        self._transform = transform
+        self._prepared: np.ndarray | None = None
+
+    def prepared(self) -> np.ndarray:
+        if self._prepared is None:
+            self._prepared = self.image if self._transform is None else self._transform(self.image)
+        return self._prepared
+
+
+class SnippetAssembler:
+    """Turns a frame stream into snippets; push frames in timestamp order, get finished snippets back."""
+
+    def __init__(self, fps: float | None = None, snippet_frames: int | None = None, *,
+                 max_gap_s: float | None = None, transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                 prepared_for: str | None = None):
+        data, stream = DataConfig(), StreamConfig()
+        self.fps = float(fps or data.feature_fps)
+        self.snippet_frames = int(snippet_frames or data.snippet_frames)
+        self.max_gap_s = float(max_gap_s if max_gap_s is not None else stream.max_frame_gap_s)
+        self.transform = transform
+        self.prepared_for = prepared_for if transform is not None else None
+        self.frames_in = 0  # source frames pushed
+        self.frames_skipped = 0  # source frames out of order (not newer than the previous one), ignored
+        self.gaps = 0  # grid restarts after a gap longer than max_gap_s
+        self.snippets_out = 0
+        self._reset_grid()
+
+    @classmethod
+    def from_config(cls, data: DataConfig, stream: StreamConfig | None = None, *,
+                    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                    prepared_for: str | None = None) -> SnippetAssembler:
+        stream = stream or StreamConfig()
+        return cls(data.feature_fps, data.snippet_frames, max_gap_s=stream.max_frame_gap_s, transform=transform,
+                   prepared_for=prepared_for)
+
+    @property
+    def snippet_seconds(self) -> float:
+        return self.snippet_frames / self.fps
+
+    def push(self, frame: Frame) -> list[Snippet]:
+        """Add one source frame; returns the snippets it completed (usually none or one)."""
+        self.frames_in += 1
+        held = self._previous
+        if held is not None:
+            if frame.timestamp <= held.timestamp:
+                self.frames_skipped += 1
+                logger.debug("frame %d at %.3f s is not newer than the previous one; skipped", frame.index,
+                             frame.timestamp)
+                return []
+            if frame.timestamp - held.timestamp > self.max_gap_s:
+                self._restart_after_gap(held.timestamp, frame.timestamp)
+                held = None
+        if self._origin is None:
+            self._origin = frame.timestamp
+        current = _HeldFrame(frame, self.transform)
+        done: list[Snippet] = []
+        while (slot_time := self._slot_time(self._next_slot)) <= frame.timestamp + _TIME_EPS:
+            chosen = current if held is None or frame.timestamp - slot_time < slot_time - held.timestamp - _TIME_EPS \
+                else held
+            self._slots.append(chosen.prepared())
+            self._next_slot += 1
+            if len(self._slots) == self.snippet_frames:
+                done.append(self._finish_snippet())
+        self._previous = current
+        return done
+
+    def flush(self, pad: bool = False) -> list[Snippet]:
+        """End of stream: the unfinished snippet, padded with its last frame when ``pad``, else dropped."""
+        done: list[Snippet] = []
+        if pad and self._slots:
+            while len(self._slots) < self.snippet_frames:
+                self._slots.append(self._slots[-1])
+            done.append(self._finish_snippet())
+        self._reset_grid()
+        return done
+
+    def _slot_time(self, slot: int) -> float:
+        return self._origin + slot / self.fps  # computed directly, so no rounding error accumulates
+
+    def _finish_snippet(self) -> Snippet:
+        first_slot = self._next_slot - self.snippet_frames
+        start = self._slot_time(first_slot)
+        snippet = Snippet(np.stack(self._slots), start, start + self.snippet_seconds, self.snippets_out,
+                          self.prepared_for)
+        self._slots = []
+        self.snippets_out += 1
+        return snippet
+
+    def _restart_after_gap(self, last: float, now: float) -> None:
+        self.gaps += 1
+        logger.info("gap of %.2f s between frames at %.2f s; %d buffered frame(s) dropped, snippet grid restarts",
+                    now - last, last, len(self._slots))
+        self._reset_grid()
+
+    def _reset_grid(self) -> None:
+        self._origin: float | None = None
+        self._next_slot = 0
+        self._slots: list[np.ndarray] = []
+        self._previous: _HeldFrame | None = None

@@ -1,0 +1,151 @@
+"""torch → ONNX for the deployable pre-stream of ECM: the offline graph and the streaming graph.
+
+**Offline graph** (``<stem>.onnx``): ``features [B, T, D]`` → ``cas [B, T, C]`` (raw logits, zero-padded
+convolutions exactly as in training) and ``video_scores [B, C]`` = softmax of the top-k mean of the CAS over time.
+B and T are dynamic. k is fixed at export from T_fixed · r, and clipped to T inside the graph
+(``Min(k, Shape(cas)[T])`` → ``TopK``), so clips shorter than k work as in :meth:`ECM.video_score`.
+
+**Streaming graph** (``<stem>.stream.onnx``): ``features [B, W, D]`` (a window of W ≥ 5 consecutive snippets) →
+``cas [B, W − 4, C]``: the CAS of the window's W − 4 centre columns, computed with valid padding and no top-k.
+Output column j is the CAS of window snippet j + 2; it equals the offline graph's column at the same position of
+the clip whenever that position is at least two snippets away from the clip's edges (the offline graph zero-pads
+the input and the hidden layer there). A streaming runtime feeds the last 5 snippets per new snippet and gets the
+one column that became final (the CAS of snippet t needs snippets t−2 … t+2).
+
+Both graphs are exported with the TorchScript exporter (``dynamo=False``: the torch.export path needs
+``onnxscript`` and gives the same graph here), simplified with onnxsim and checked with ``onnx.checker``; their
+input/output names and shapes follow :data:`ecm_edge.manifest.GRAPH_IO`, so an output added there and in the
+module's ``forward`` flows through export, manifests and backends.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ecm_edge.errors import MissingDependencyError
+from ecm_edge.io import atomic_path
+from ecm_edge.manifest import STREAM_MIN_WINDOW, graph_specs
+from ecm_edge.train.model import ECM
+
+log = logging.getLogger("ecm_edge")
+
+DEFAULT_OPSET = 17  # accepted by TensorRT on JetPack 6
+TRACE_LENGTH = {"offline": 32, "streaming": STREAM_MIN_WINDOW + 4}  # example T / W used for tracing only
+
+
+class OfflineGraph(nn.Module):
+    """The offline pre-stream: features [B, T, D] → (cas [B, T, C], video_scores [B, C])."""
+
+    def __init__(self, model: ECM):
+        super().__init__()
+        self.model = model
+        self.register_buffer("topk", torch.tensor(model.dims.topk, dtype=torch.int64), persistent=False)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cas = self.model.classifier(self.model.embed(features.transpose(1, 2)))  # [B, C, T]
+        k = torch.minimum(torch._shape_as_tensor(cas)[2], self.topk)  # a graph value: T is dynamic
+        video_score = torch.topk(cas, k, dim=2).values.mean(dim=2)
+        return cas.transpose(1, 2), torch.softmax(video_score, dim=1)
+
+
+class StreamingGraph(nn.Module):
+    """The streaming pre-stream: a window features [B, W, D] → cas [B, W − 4, C] of its valid centre columns."""
+
+    def __init__(self, model: ECM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        hidden = m.act(F.conv1d(features.transpose(1, 2), m.conv1.weight, m.conv1.bias))
+        hidden = m.act(F.conv1d(hidden, m.conv2.weight, m.conv2.bias))
+        return F.conv1d(hidden, m.classifier.weight).transpose(1, 2)
+
+
+GRAPH_MODULES: dict[str, type[nn.Module]] = {"offline": OfflineGraph, "streaming": StreamingGraph}
+
+
+def graph_module(model: ECM, graph: str) -> nn.Module:
+    """The torch module of an exported graph, in eval mode (no dropout)."""
+    return GRAPH_MODULES[graph](model).eval()
+
+
+def export_graph(model: ECM, path: str | Path, graph: str = "offline", opset: int = DEFAULT_OPSET,
+                 simplify: bool = True) -> Path:
+    """Export one graph to ``path`` (simplified, checked, written atomically); returns ``path``."""
+    onnx = _require_onnx()
+    path = Path(path)
+    dims = model.dims
+    was_training = model.training
+    try:
+        with atomic_path(path) as tmp:
+            _trace_to_onnx(graph_module(model, graph), graph, dims.feature_dim, dims.num_classes, tmp, opset)
+            proto = onnx.load(str(tmp))
+            if simplify:
+                proto = simplify_model(proto)
+            set_io_shapes(proto, graph, dims.feature_dim, dims.num_classes)
+            onnx.checker.check_model(proto, full_check=True)
+            onnx.save(proto, str(tmp))
+    finally:
+        model.train(was_training)
+    return path
+
+
+def _trace_to_onnx(module: nn.Module, graph: str, feature_dim: int, num_classes: int, path: Path,
+                   opset: int) -> None:
+    inputs, outputs = graph_specs(graph, feature_dim, num_classes)
+    dynamic_axes = {spec.name: {i: d for i, d in enumerate(spec.shape) if isinstance(d, str)}
+                    for spec in inputs + outputs}
+    example = torch.zeros(1, TRACE_LENGTH[graph], feature_dim)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\..*")
+        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
+                          input_names=[s.name for s in inputs], output_names=[s.name for s in outputs],
+                          dynamic_axes=dynamic_axes, do_constant_folding=True)
+
+
+def simplify_model(proto):
+    """onnxsim with a clear message when it is missing; refuses a result that onnxsim could not verify."""
+    try:
+        import onnxsim
+    except ImportError:
+        raise MissingDependencyError("onnxsim", "simplifying the exported graph",
+                                     "pip install 'ecm-edge[export]'") from None
+    simplified, ok = onnxsim.simplify(proto)
+    if not ok:
+        log.warning("onnxsim could not verify the simplified graph; keeping the unsimplified one")
+        return proto
+    return simplified
+
+
+def set_io_shapes(proto, graph: str, feature_dim: int, num_classes: int) -> None:
+    """Write the contract's names and shapes onto the graph's inputs and outputs (onnxsim renames dynamic dims)."""
+    inputs, outputs = graph_specs(graph, feature_dim, num_classes)
+    by_name = {spec.name: spec for spec in inputs + outputs}
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        spec = by_name.get(value.name)
+        if spec is None:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != len(spec.shape):
+            raise RuntimeError(f"exported {graph} graph: {value.name} has rank {len(dims)}, expected {spec.shape}")
+        for dim, want in zip(dims, spec.shape, strict=True):
+            if isinstance(want, int):
+                dim.dim_value = want
+            else:
+                dim.dim_param = want
+
+
+def _require_onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise MissingDependencyError("onnx", "ONNX export", "pip install 'ecm-edge[export]'") from None
+    return onnx

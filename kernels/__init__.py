@@ -1,0 +1,36 @@
+"""Post-processing kernels (DESIGN.md §5): a numpy reference, numba CPU and numba CUDA, one contract.
+
+Use them through :mod:`ecm_edge.postprocess` (``localize``, ``localize_batch``). The contract, per video and
+kept class, beyond DESIGN.md §5:
+
+- Arithmetic is float64 whatever the CAS dtype. Normalization comes first, on the T snippets of the row.
+- Interpolation to ``num_frames`` samples is exact half-pixel linear interpolation: sample j reads position
+  ``(j + 0.5) · (T / num_frames) − 0.5`` clamped to ``[0, T − 1]``, value ``a · (1 − f) + b · f``, each
+  operation rounded once (no fused multiply-add). OpenCV's ``cv2.resize`` (INTER_LINEAR) has the same
+  geometry but rounds the position to float32, so it differs by up to about ``T · 2⁻²⁴`` times the largest
+  step between neighbouring snippets. The input row of this stage is any ``[T]`` score array.
+- A frame is in a run at threshold θ when its value is ``≥ θ`` and ``> 0``; thresholds are non-negative and
+  strictly ascending.
+- A proposal's outer window is ``[max(0, int(s − λ·len)), s − 1] ∪ [e + 1, min(num_frames, int(e + λ·len)) − 1]``
+  on the thresholded row, as the published code (Python ``int`` truncation, asymmetric right end).
+- Proposals are ordered by threshold, then by start. NMS visits them by score rounded to 2⁻²⁰ (``ranking_key``),
+  highest first, with a *stable* sort: scores equal after rounding keep that order. Backends sum in different
+  orders, so their scores differ in the last bits; the rounding turns such near-ties (which the published code
+  orders by those bits, through an unstable sort) into ties broken identically everywhere.
+- Output: ordered by video, then score descending (stable; equal scores stay by class, then NMS order).
+
+Importing this package needs neither a GPU nor numba-cuda; ``backend="cuda"`` says what is missing.
+"""
+
+from ecm_edge.kernels.detections import (
+    DETECTION_DTYPE,
+    compare_detections,
+    empty_detections,
+    make_detections,
+    ranking_key,
+    sort_detections,
+)
+from ecm_edge.kernels.params import PostParams
+
+__all__ = ["DETECTION_DTYPE", "PostParams", "compare_detections", "empty_detections", "make_detections",
+           "ranking_key", "sort_detections"]

@@ -1,0 +1,97 @@
+"""The post-processing parameters every backend receives, frozen and checked once."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ecm_edge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ecm_edge.config import PostConfig
+
+MODES: tuple[str, ...] = ("ecm", "clean")
+TIME_BASES: tuple[str, ...] = ("fps", "duration")
+MAX_THRESHOLDS = 32767  # the compiled backends store, per frame, how many thresholds it passes as int16
+
+
+@dataclass(frozen=True, eq=False)
+class PostParams:
+    """What turns a CAS into segments (DESIGN.md §5), independent of the backend that runs it.
+
+    ``act_thresholds`` must be non-negative and strictly ascending: the compiled backends count, per frame, how
+    many thresholds the frame passes, and rely on runs at a higher threshold nesting inside runs at a lower one.
+    """
+
+    mode: str = "ecm"  # "ecm" (bug-compatible with the published code) or "clean"
+    class_threshold: float = 0.25  # keep classes whose video score is at least this
+    act_thresholds: np.ndarray = field(default_factory=lambda: np.arange(0.01, 0.2, 0.025))
+    oic_lambda: float = 0.4  # outer window = λ · run length on each side
+    gamma: float = 0.15  # weight of the video score in the segment score
+    nms_iou: float = 0.6  # per-class NMS keeps a segment whose IoU with every kept one is below this
+    time_base: str = "fps"  # "fps": seconds = frame / fps; "duration": frame / num_frames · duration
+
+    def __post_init__(self) -> None:
+        thresholds = np.array(self.act_thresholds, dtype=np.float64).reshape(-1)
+        thresholds.setflags(write=False)
+        object.__setattr__(self, "act_thresholds", thresholds)
+        for name in ("class_threshold", "oic_lambda", "gamma", "nms_iou"):
+            value = float(getattr(self, name))
+            if not np.isfinite(value):
+                raise ConfigError(f"post.{name} must be a finite number, got {value}")
+            object.__setattr__(self, name, value)
+        if self.mode not in MODES:
+            raise ConfigError(f"post.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.time_base not in TIME_BASES:
+            raise ConfigError(f"post.time_base must be one of {', '.join(TIME_BASES)}, got {self.time_base!r}")
+        if thresholds.size == 0:
+            raise ConfigError("post.act_thresh_start/stop/step give no activation threshold; "
+                              "arange(start, stop, step) must hold at least one value")
+        if not np.all(np.isfinite(thresholds)) or thresholds[0] < 0 or np.any(np.diff(thresholds) <= 0):
+            raise ConfigError(f"activation thresholds must be finite, non-negative and strictly ascending "
+                              f"(a positive post.act_thresh_step), got {thresholds.tolist()}")
+        if thresholds.size > MAX_THRESHOLDS:
+            raise ConfigError(f"at most {MAX_THRESHOLDS} activation thresholds are supported, got {thresholds.size}")
+        if self.oic_lambda < 0:
+            raise ConfigError(f"post.oic_lambda must be non-negative, got {self.oic_lambda}")
+
+    @classmethod
+    def from_config(cls, post: PostConfig) -> PostParams:
+        """The parameters of a ``post`` config section; thresholds exactly ``np.arange(start, stop, step)``."""
+        if post.act_thresh_step == 0:
+            raise ConfigError("post.act_thresh_step must not be 0")
+        return cls(
+            mode=post.mode,
+            class_threshold=post.class_threshold,
+            act_thresholds=np.arange(post.act_thresh_start, post.act_thresh_stop, post.act_thresh_step),
+            oic_lambda=post.oic_lambda,
+            gamma=post.gamma,
+            nms_iou=post.nms_iou,
+            time_base=post.time_base,
+        )
+
+    def replace(self, **changes: object) -> PostParams:
+        """A copy with some fields changed (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def ecm_mode(self) -> bool:
+        return self.mode == "ecm"
+
+    @property
+    def time_by_duration(self) -> bool:
+        return self.time_base == "duration"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PostParams):
+            return NotImplemented
+        return all(np.array_equal(getattr(self, f.name), getattr(other, f.name))
+                   if f.name == "act_thresholds" else getattr(self, f.name) == getattr(other, f.name)
+                   for f in dataclasses.fields(self))
+
+    def __hash__(self) -> int:
+        return hash((self.mode, self.class_threshold, self.act_thresholds.tobytes(), self.oic_lambda, self.gamma,
+                     self.nms_iou, self.time_base))

@@ -1,0 +1,18 @@
+"""Session setup shared by all tests (keep it small; add fixtures below with a line on what they are for).
+
+The CUDA post-processing kernels run in numba's CUDA simulator in the default test run: no default test needs
+a real GPU. numba reads NUMBA_ENABLE_CUDASIM when it is first imported, so it is set here, before any test
+module is collected. A run that selects the GPU tests (``pytest -m gpu``, as ``scripts/gpu_check.sh`` does)
+keeps the real device, and so does an explicit NUMBA_ENABLE_CUDASIM in the environment.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def pytest_configure(config) -> None:
+    markexpr = config.getoption("markexpr", default="") or ""
+    selects_gpu_tests = "gpu" in markexpr and "not gpu" not in markexpr
+    if not selects_gpu_tests:
+        os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")

@@ -1,0 +1,254 @@
+"""``ecm-edge stream`` as a real subprocess: features and video files in, JSONL out, exit codes, Ctrl-C."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ecm_edge.runtime.localizer import Localizer
+
+D, H, C = 32, 48, 4
+KEEP_ALL = ["--set", "post.class_threshold=0.0"]  # random weights: flat video scores, keep every class
+
+
+@pytest.fixture(scope="module")
+def deploy_dir(tmp_path_factory) -> Path:
+    torch = pytest.importorskip("torch")
+    from ecm_edge.config import load_config
+    from ecm_edge.train.deploy import save_deploy
+    from ecm_edge.train.model import ECM, ECMDims
+
+    torch.manual_seed(5)
+    cfg = load_config("small", [f"data.feature_dim={D}", f"model.hidden_dim={H}", f"model.num_classes={C}"])
+    folder = tmp_path_factory.mktemp("run")
+    save_deploy(ECM(ECMDims.from_config(cfg)).eval(), ["walk", "jump", "wave", "sit"], cfg, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def features_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("features") / "video.npy"
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, D)).astype(np.float32)
+    x[30:60] += 3 * rng.normal(size=D).astype(np.float32)
+    np.save(path, x)
+    return path
+
+
+def run_stream(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ecm_edge", "stream", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def events_of(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def without_wall_clock(events: list[dict]) -> list[dict]:
+    return [{k: v for k, v in e.items() if k != "emitted_at"} for e in events]
+
+
+def test_features_to_stdout_jsonl(deploy_dir, features_file):
+    done = run_stream("--features", str(features_file), "--artifacts", str(deploy_dir), "--no-realtime", *KEEP_ALL)
+    assert done.returncode == 0, done.stderr
+    events = events_of(done.stdout)
+    assert events and {e["type"] for e in events} == {"segment"}
+    localizer = Localizer.from_artifacts(deploy_dir, overrides=["post.class_threshold=0.0"])
+    expected = [e for row in np.load(features_file) for e in localizer.push_features(row)] + localizer.flush()
+    localizer.close()
+    assert without_wall_clock(events) == without_wall_clock(expected)
+    assert "120 snippets" in done.stderr
+
+
+def test_features_to_a_file(deploy_dir, features_file, tmp_path):
+    out = tmp_path / "events.jsonl"
+    done = run_stream("--features", str(features_file), "--artifacts", str(deploy_dir), "--no-realtime",
+                      "--out", str(out), *KEEP_ALL)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and f"events written to {out}" in done.stderr
+    assert len(events_of(out.read_text())) > 0
+
+
+def write_video(path: Path, seconds: float, fps: float = 25.0) -> Path:
+    """A video with a red square that moves during the middle third, written by OpenCV."""
+    cv2 = pytest.importorskip("cv2")
+    frames = int(seconds * fps)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (64, 48))
+    assert writer.isOpened()
+    for i in range(frames):
+        image = np.full((48, 64, 3), 40, np.uint8)
+        x = 5 + (i % 40) if frames // 3 <= i < 2 * frames // 3 else 5
+        image[10:26, x:x + 16] = (0, 0, 230)
+        writer.write(image)
+    writer.release()
+    return path
+
+
+def test_video_file_through_the_tiny_extractor(deploy_dir, tmp_path):
+    video = write_video(tmp_path / "clip.avi", seconds=8.0)  # 200 frames = 12 whole snippets
+    done = run_stream("--video", str(video), "--artifacts", str(deploy_dir), "--extractor", "tiny",
+                      "--set", "stream.stats_every_s=1e-9", *KEEP_ALL)
+    assert done.returncode == 0, done.stderr
+    events = events_of(done.stdout)
+    stats = [e for e in events if e["type"] == "stats"]
+    assert stats[-1]["snippets"] == 12 and stats[-1]["dropped_frames"] == 0
+    assert any(e["type"] == "segment" for e in events)
+    assert "12 snippets" in done.stderr
+
+
+def test_camera_that_cannot_open_is_one_line_and_exit_1(deploy_dir):
+    done = run_stream("--camera", "97", "--artifacts", str(deploy_dir), timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot open camera 97")
+
+
+def test_exactly_one_source_is_a_usage_error(deploy_dir, features_file):
+    done = run_stream("--camera", "0", "--features", str(features_file), "--artifacts", str(deploy_dir))
+    assert done.returncode == 2 and "exactly one source" in done.stderr
+
+
+def test_ctrl_c_flushes_open_segments_and_exits_0(deploy_dir, tmp_path):
+    features = np.random.default_rng(2).normal(size=(5000, D)).astype(np.float32)
+    np.save(tmp_path / "long.npy", features)
+    # 10 ms snippets in real time: a 50 s replay, interrupted after the first events
+    process = subprocess.Popen([sys.executable, "-m", "ecm_edge", "stream", "--features", str(tmp_path / "long.npy"),
+                                "--artifacts", str(deploy_dir), "--set", "data.feature_fps=1600", *KEEP_ALL],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = process.stdout.readline()
+    assert json.loads(first)["type"] == "segment"
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    rest, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    snippets = int(err.strip().splitlines()[-1].split()[1])
+    assert 0 < snippets < 5000
+    events = events_of(first + rest)
+    last_index = snippets - 1
+    # the flush closed what was open at the interruption: segments ending at the last snippet came out
+    assert any(abs(e["end"] - (last_index + 1) * 0.01) < 1e-6 for e in events)
+
+
+def test_webhook_receiver_down_spools_every_event(deploy_dir, features_file, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spool = tmp_path / "spool.jsonl"
+    done = run_stream("--features", str(features_file), "--artifacts", str(deploy_dir), "--no-realtime",
+                      "--webhook", f"http://127.0.0.1:{port}/hook", "--spool", str(spool),
+                      "--set", "stream.webhook_backoff_s=0.01", *KEEP_ALL)
+    assert done.returncode == 0, done.stderr
+    assert events_of(spool.read_text()) == events_of(done.stdout)
+    assert "undelivered events kept in" in done.stderr
+
+
+@pytest.mark.skipif(os.name != "posix", reason="uses a POSIX pipe")
+def test_reader_leaving_the_pipe_ends_the_stream_quietly(deploy_dir, features_file):
+    stream = subprocess.Popen([sys.executable, "-m", "ecm_edge", "stream", "--features", str(features_file),
+                               "--artifacts", str(deploy_dir), "--no-realtime", *KEEP_ALL],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert stream.stdout.readline()
+    stream.stdout.close()
+    err = stream.stderr.read()
+    assert stream.wait(timeout=60) == 0, err
+    assert "Traceback" not in err
+
+
+class MjpegServer:
+    """A live HTTP MJPEG camera on 127.0.0.1; ``cut()`` ends the open streams and refuses new ones (503)."""
+
+    def __init__(self, fps: float = 25.0):
+        cv2 = pytest.importorskip("cv2")
+        self.available = threading.Event()
+        self.available.set()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                if not server.available.is_set():
+                    self.send_error(503)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                index = 0
+                while server.available.is_set():
+                    image = np.full((48, 64, 3), (index * 7) % 256, np.uint8)
+                    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+                    try:
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
+                                         % len(jpeg) + jpeg + b"\r\n")
+                        self.wfile.flush()
+                    except OSError:
+                        return
+                    index += 1
+                    time.sleep(1.0 / fps)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/live.mjpg"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def cut(self) -> None:
+        self.available.clear()
+
+    def restore(self) -> None:
+        self.available.set()
+
+    def close(self) -> None:
+        self.available.clear()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_live_url_cut_mid_way_reconnects_and_reports_it(deploy_dir):
+    server = MjpegServer()
+    fast = ["--set", "stream.read_timeout_s=0.5", "--set", "stream.reconnect_initial_s=0.1",
+            "--set", "stream.reconnect_max_s=0.3", "--set", "stream.open_timeout_s=2.0"]
+    process = subprocess.Popen([sys.executable, "-m", "ecm_edge", "stream", "--url", server.url,
+                                "--artifacts", str(deploy_dir), *fast, *KEEP_ALL],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+
+    def next_event(kind: str, timeout: float = 20.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                event = json.loads(lines.get(timeout=0.1))
+            except queue.Empty:
+                continue
+            if event["type"] == kind:
+                return event
+        raise AssertionError(f"no {kind} event within {timeout} s")
+
+    try:
+        next_event("segment")  # frames flow: the first segments came out
+        server.cut()
+        lost = next_event("source_lost")
+        time.sleep(0.5)  # reopen attempts meanwhile get 503
+        server.restore()
+        restored = next_event("source_restored")
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        server.close()
+    assert process.returncode == 0, err
+    assert lost["source"].startswith("stream http://127.0.0.1") and restored["attempts"] >= 1
