@@ -128,6 +128,7 @@ class StreamConfig:
     """Streaming runtime (DESIGN.md §7)."""
 
     horizon: int = 256  # snippets of history for causal video scores and normalization
+    warmup: int = 32  # snippets a stream must have seen before its first segment is emitted (earlier ones wait)
     frame_policy: str = "auto"  # "latest" (live: drop stale frames) | "all" (files) | "auto"
     reconnect_initial_s: float = 0.5  # first reconnect delay after a lost live source
     reconnect_max_s: float = 30.0  # reconnect delay cap (exponential backoff)
@@ -210,17 +211,18 @@ def load_config(name_or_path: str | Path | None = "thumos14", overrides: typing.
 
 
 def _read_config_source(name_or_path: str) -> tuple[dict[str, Any], str]:
+    """A shipped name wins over a same-named folder; anything with a YAML suffix or an existing file is a path."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+    names = shipped_config_names()
+    if path.is_file():
         text, name = path.read_text(), path.stem
-    else:
-        names = shipped_config_names()
-        if name_or_path not in names:
-            raise ConfigError(f"unknown config {name_or_path!r}{_did_you_mean(name_or_path, names)}; "
-                              f"shipped configs: {', '.join(names)}, or pass a path to a YAML file")
+    elif name_or_path in names and path.suffix not in (".yaml", ".yml"):
         text, name = resources.files("ecm_edge.configs").joinpath(f"{name_or_path}.yaml").read_text(), name_or_path
+    elif path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        raise ConfigError(f"config file {path} does not exist")
+    else:
+        raise ConfigError(f"unknown config {name_or_path!r}{_did_you_mean(name_or_path, names)}; "
+                          f"shipped configs: {', '.join(names)}, or pass a path to a YAML file")
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:

@@ -71,3 +71,13 @@ def test_runtime_errors_exit_1_with_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_synth_videos_flag_writes_a_video_set(tmp_path):
+    out = tmp_path / "videos"
+    result = run_cli("synth", "--videos", "-o", str(out), "--num-videos", "2", "--classes", "2",
+                     "--duration", "8-9", "--size", "64x48")
+    assert result.returncode == 0, result.stderr
+    assert len(list((out / "videos").iterdir())) == 2
+    gt = json.loads((out / "gt.json").read_text())["database"]
+    assert len(gt) == 2 and all("duration" in v and "fps" in v for v in gt.values())

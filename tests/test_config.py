@@ -92,3 +92,22 @@ def test_unknown_config_name_and_bad_files(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_shipped_name_wins_over_a_same_named_folder(tmp_path, monkeypatch):
+    (tmp_path / "small").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_config("small").name == "small"
+
+
+def test_atomic_writes_have_ordinary_permissions(tmp_path):
+    import os
+
+    from ecm_edge.io import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "file.txt", "x")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644

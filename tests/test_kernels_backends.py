@@ -288,3 +288,52 @@ def test_cuda_checks_device_input_for_non_finite_values_on_the_device():
 def test_unknown_backend_names_the_choices():
     with pytest.raises(EcmEdgeError, match="did you mean 'cpu'"):
         detect("cpux", np.zeros((1, 1, 2), np.float32), np.ones((1, 1)), num_frames=2)
+
+
+def test_kernels_import_without_numba_cuda_and_cuda_then_says_what_is_missing():
+    import subprocess
+
+    code = (
+        "import sys; sys.modules['numba.cuda'] = None\n"
+        "import numpy as np\n"
+        "from ecm_edge.errors import MissingDependencyError\n"
+        "from ecm_edge.kernels import PostParams\n"
+        "from ecm_edge.postprocess import available_backends, localize_batch\n"
+        "assert available_backends() == ['numpy', 'cpu'], available_backends()\n"
+        "cas, scores = np.zeros((1, 1, 4), np.float32), np.ones((1, 1))\n"
+        "localize_batch(cas, scores, num_frames=8, fps=30.0, params=PostParams(), backend='cpu')\n"
+        "try:\n"
+        "    localize_batch(cas, scores, num_frames=8, fps=30.0, params=PostParams(), backend='cuda')\n"
+        "except MissingDependencyError as exc:\n"
+        "    assert 'numba-cuda' in str(exc) and \"backend='cpu'\" in str(exc), exc\n"
+        "else:\n"
+        "    raise SystemExit('no error')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cuda_without_a_gpu_or_the_simulator_is_a_clear_error():
+    import os
+    import subprocess
+
+    code = (
+        "import numpy as np\n"
+        "from ecm_edge.environment import cuda_gpu_visible\n"
+        "from ecm_edge.errors import EcmEdgeError\n"
+        "from ecm_edge.kernels import PostParams\n"
+        "from ecm_edge.postprocess import localize_batch, resolve_backend\n"
+        "if cuda_gpu_visible(): raise SystemExit(77)\n"
+        "assert resolve_backend('auto') == 'cpu'\n"
+        "try:\n"
+        "    localize_batch(np.zeros((1, 1, 4), np.float32), np.ones((1, 1)), num_frames=8, fps=30.0,\n"
+        "                   params=PostParams(), backend='cuda')\n"
+        "except EcmEdgeError as exc:\n"
+        "    assert 'needs a visible CUDA GPU' in str(exc) and \"backend='cpu'\" in str(exc), exc\n"
+        "else:\n"
+        "    raise SystemExit('no error')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    done = subprocess.run([sys.executable, "-c", code], env=env)
+    if done.returncode == 77:
+        pytest.skip("a CUDA GPU is visible here, so backend='cuda' runs")
+    assert done.returncode == 0

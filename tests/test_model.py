@@ -113,3 +113,11 @@ def test_dropout_is_active_in_training_and_off_in_eval():
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(x).score_post, model(x).score_post)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 5])
+def test_embed_steps_equals_the_convolutional_embed(steps):
+    model = tiny_model().eval()
+    x = torch.randn(7, 24, steps)
+    with torch.no_grad():
+        torch.testing.assert_close(model.embed_steps(x), model.embed(x), rtol=1e-5, atol=1e-5)

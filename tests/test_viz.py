@@ -146,7 +146,7 @@ def files(tmp_path):
     cas[0] = synthetic_cas()
     raw_path = tmp_path / "raw.npz"
     np.savez(raw_path, video_ids=np.array(list(videos)), cas=cas, lengths=np.array([47, 16]),
-             video_scores=np.full((2, len(CLASSES)), 0.3), num_frames=np.array([750, 250]), fps=np.array(25.0),
+             video_scores=np.full((2, len(CLASSES)), 0.3), num_frames=np.array([750, 250]), fps=np.array([25.0, 25.0]),
              duration=np.array([DURATION, 10.0]), class_names=np.array(CLASSES))
     return {"gt": gt_path, "pred": pred_path, "raw": raw_path, "dir": tmp_path}
 
@@ -201,7 +201,7 @@ def test_cli_bad_inputs_exit_1_with_one_line(files, capsys, broken):
     else:
         raw = files["dir"] / "raw_other.npz"
         np.savez(raw, video_ids=np.array(["other"]), cas=np.zeros((1, 4, 5)), lengths=np.array([5]),
-                 video_scores=np.zeros((1, 4)), num_frames=np.array([80]), fps=np.array(25.0),
+                 video_scores=np.zeros((1, 4)), num_frames=np.array([80]), fps=np.array([25.0, 25.0]),
                  duration=np.array([3.2]), class_names=np.array(CLASSES))
     args = ["--pred", pred, "--gt", files["gt"], "--video", "video_0000", "-o", files["dir"] / "t.png"]
     code = run_cli([*args, "--raw", raw] if raw else args)

@@ -243,7 +243,8 @@ def _parity_notes() -> list[str]:
     result = measure_parity(checkpoint, data)
     return [f"parity on {result['videos']} test videos of {data}: mAP@{PARITY_IOU} offline "
             f"{result['offline']:.4f}, streamed {result['stream']:.4f} (relative difference "
-            f"{result['relative']:.1%})"]
+            f"{result['relative']:.1%}); average mAP offline {result['offline_average']:.4f}, streamed "
+            f"{result['stream_average']:.4f}"]
 
 
 def measure_parity(checkpoint: str | Path, data_dir: str | Path, split: str = "test",
@@ -267,10 +268,13 @@ def measure_parity(checkpoint: str | Path, data_dir: str | Path, split: str = "t
         streamed[video_id] = [{"label": e["label"], "score": e["score"], "segment": [e["start"], e["end"]]}
                               for e in events if e["type"] == "segment"]
     localizer.close()
-    iou = [PARITY_IOU]
-    offline_map = evaluate_detections(offline, ground_truth, iou).map[0]
-    stream_map = evaluate_detections(streamed, ground_truth, iou).map[0]
+    iou = sorted({PARITY_IOU, *cfg.eval.iou_thresholds})
+    at = iou.index(PARITY_IOU)
+    offline_eval = evaluate_detections(offline, ground_truth, iou)
+    stream_eval = evaluate_detections(streamed, ground_truth, iou)
+    offline_map, stream_map = offline_eval.map[at], stream_eval.map[at]
     relative = abs(stream_map - offline_map) / offline_map if offline_map > 0 else float("inf")
     return {"offline": offline_map, "stream": stream_map, "relative": relative, "videos": len(dataset.video_ids),
+            "offline_average": offline_eval.average, "stream_average": stream_eval.average,
             "stream_segments": sum(len(v) for v in streamed.values()),
             "offline_segments": sum(len(v) for v in offline.values())}

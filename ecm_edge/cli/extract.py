@@ -90,15 +90,31 @@ def extract(inputs: tuple[Path, ...], out_dir: Path, extractor: str, backbone_ar
     videos = find_videos(inputs)
     jobs = assign_splits(videos, out_dir, split)
     model = build_extractor(extractor, backbone_artifact, flow_artifact, backend, batch_size)
-    todo = [job for job in jobs if overwrite or not all(p.is_file() for p in output_paths(out_dir, job, model))]
-    skipped = len(jobs) - len(todo)
+    skipped = sum(_has_features(out_dir, job, model) for job in jobs) if not overwrite else 0
     if skipped:
         click.echo(f"{skipped} of {len(jobs)} videos already have features (use --overwrite to redo them)", err=True)
     started = time.perf_counter()
-    results = run_jobs(todo, out_dir, model, cfg, batch_size, show=sys.stderr.isatty() if progress is None else progress)
-    elapsed = time.perf_counter() - started
-    write_metadata(out_dir, model, jobs, results)
-    report(out_dir, model, results, skipped, elapsed)
+    results, skipped = extract_dataset(jobs, out_dir, model, cfg, batch_size=batch_size, overwrite=overwrite,
+                                       show=sys.stderr.isatty() if progress is None else progress)
+    report(out_dir, model, results, skipped, time.perf_counter() - started)
+
+
+def extract_dataset(jobs: list[VideoJob], out_dir: Path, extractor: FeatureExtractor, cfg: Config, *,
+                    batch_size: int = 8, overwrite: bool = False,
+                    show: bool = False) -> tuple[list[VideoResult], int]:
+    """Write the features of ``jobs`` into the dataset folder ``out_dir`` and merge ``extract.json``.
+
+    Videos whose feature files exist are skipped unless ``overwrite``. Returns (the videos extracted now, the
+    number skipped). The library form of ``ecm-edge extract``, also used by ``ecm-edge demo``.
+    """
+    todo = [job for job in jobs if overwrite or not _has_features(out_dir, job, extractor)]
+    results = run_jobs(todo, out_dir, extractor, cfg, batch_size, show=show)
+    write_metadata(out_dir, extractor, jobs, results)
+    return results, len(jobs) - len(todo)
+
+
+def _has_features(out_dir: Path, job: VideoJob, extractor: FeatureExtractor) -> bool:
+    return all(p.is_file() for p in output_paths(out_dir, job, extractor))
 
 
 def find_videos(inputs: tuple[Path, ...]) -> list[Path]:

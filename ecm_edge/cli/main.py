@@ -19,6 +19,7 @@ from ecm_edge.errors import EcmEdgeError
 # name -> (module, attribute, one-line help). Add a command by adding a line here.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "checks": ("ecm_edge.cli.checks", "checks", "Show versions, GPUs and optional components."),
+    "demo": ("ecm_edge.cli.demo", "demo", "The whole product on generated videos: train, export, stream, report."),
     "bench": ("ecm_edge.cli.bench", "bench", "Benchmark the components against baselines; markdown report."),
     "eval": ("ecm_edge.cli.eval", "eval_command", "Detection mAP of a prediction file, or of a model on a split."),
     "export": ("ecm_edge.cli.export", "export", "Export ONNX (FP32/FP16/INT8), TensorRT engines and manifests."),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ecm_edge.cli.synth_video import add_video_options, run_video_synth
 from ecm_edge.data.synth import PRESETS, SyntheticVideo, SynthReport, SynthSettings, generate_dataset
 from ecm_edge.errors import DataError
 
@@ -30,14 +31,21 @@ from ecm_edge.errors import DataError
 @click.option("--num-videos", type=click.IntRange(min=2), default=None,
               help="Number of videos, split train/test like the preset (with --timeline: a seeded pick).")
 @click.option("--force", is_flag=True, help="Overwrite an existing synthetic dataset in OUTPUT.")
+@add_video_options(skip=("num_videos", "num_classes", "force"))
 def synth(preset: str, output: Path, seed: int, num_classes: int | None, feature_dim: int | None,
-          difficulty: float | None, timeline: Path | None, num_videos: int | None, force: bool) -> None:
-    """Generate a THUMOS14-like feature dataset in the ecm-edge dataset layout.
+          difficulty: float | None, timeline: Path | None, num_videos: int | None, force: bool,
+          videos: bool, size: tuple[int, int] | None, fps: float | None, duration: tuple[float, float] | None,
+          codec: str | None) -> None:
+    """Generate a THUMOS14-like feature dataset in the ecm-edge dataset layout (or, with --videos, video files).
 
     Class evidence ramps at the instance boundaries, context distractors sit just outside the instances,
     per-video background scenes, non-action motion and noise make it a weakly supervised localization problem;
     the timelines follow THUMOS14's statistics or, with --timeline, a real annotation file.
     """
+    if videos:
+        run_video_synth(output, seed=seed, num_videos=num_videos, num_classes=num_classes, size=size, fps=fps,
+                        duration=duration, codec=codec, force=force)
+        return
     settings = SynthSettings.from_preset(preset, seed=seed, num_classes=num_classes, feature_dim=feature_dim,
                                          difficulty=difficulty, num_videos=num_videos, timeline=timeline)
     prepare_output(output, force)

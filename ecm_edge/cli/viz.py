@@ -13,6 +13,7 @@ import click
 import numpy as np
 
 from ecm_edge.errors import DataError
+from ecm_edge.rawpred import RawPredictions
 
 logger = logging.getLogger("ecm_edge")
 
@@ -95,19 +96,10 @@ def load_raw_video(path: Path, video_id: str) -> RawVideo:
                     class_names=[str(c) for c in np.asarray(_field(raw, "class_names", path)).tolist()], span=span)
 
 
-def _open_raw(path: Path) -> Any:
+def _open_raw(path: Path) -> RawPredictions:
     if not path.is_file():
         raise DataError(f"raw prediction file {path} does not exist")
-    try:
-        from ecm_edge.rawpred import RawPredictions
-    except ImportError:  # the raw-prediction module is optional here: read the documented keys directly
-        pass
-    else:
-        return RawPredictions.load(path)
-    try:
-        return dict(np.load(path, allow_pickle=False))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path} is not a readable .npz file: {exc}") from None
+    return RawPredictions.load(path)
 
 
 def _field(raw: Any, name: str, path: Path) -> Any:

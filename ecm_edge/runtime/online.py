@@ -2,8 +2,12 @@
 
 The offline post-processing (§5) looks at the whole video; a stream only has the past. The causal replacements:
 
-- **Video scores**: softmax of the per-class top-k mean over the last ``stream.horizon`` CAS columns, with k the
-  config's ``int(T_fixed · r)`` clipped to the number of columns seen (at most the horizon).
+- **Video scores**: softmax of the per-class top-k mean over the last ``stream.horizon`` CAS columns, with
+  ``k = int(r · n)`` for the ``n`` columns in the horizon (r = ``model.topk_ratio``). The network learned its
+  top-k pooling as the top fraction r of a whole clip (k = T_fixed · r of T_fixed resampled snippets); the
+  horizon plays the clip's part, so the fraction, not the count, carries over. (A fixed k = T_fixed · r clipped
+  to the horizon — 93 of 256 snippets for THUMOS14 — dilutes the score; on the small synthetic preset it cost
+  a third of the stream's mAP@0.5.)
 - **Normalization**: each new column is normalized with the running ``relu(max)`` / ``relu(min)`` of its class
   over the horizon (Δ ≤ 0 → 1), once, when it arrives; stored values are never revised.
 - **Candidates**: per class and activation threshold θ, a candidate opens when the normalized score rises to θ
@@ -14,6 +18,10 @@ The offline post-processing (§5) looks at the whole video; a stream only has th
   ``post.class_threshold``, and compared with the segments of its class already emitted (the kernels' IoU in
   the ``stream.mode`` convention; kept when IoU < ``post.nms_iou``). Candidates ready at the same step are
   taken highest score first, as the offline greedy NMS does. What is emitted is final.
+
+- **Warm-up**: in the first ``stream.warmup`` snippets of a stream the video scores and the normalization rest
+  on a few columns and pass spurious candidates; candidates that are ready by then wait (they are not dropped)
+  and are judged with the scores of snippet ``warmup``. A flush judges everything left with the last scores.
 
 Everything works at snippet resolution: a segment covers the source times of its first and last snippets.
 Outer windows reach back at most ``stream.horizon`` columns (the retained history); only segments longer than
@@ -46,22 +54,26 @@ class OnlineParams:
 
     post: PostParams
     horizon: int  # snippets of history for video scores, normalization and outer windows
-    topk: int  # k of the top-k video score before clipping to the history length
+    topk_ratio: float  # r: the video score averages the top int(r · n) of the n columns in the horizon
+    warmup: int = 0  # snippets seen before the first emission
     emit_open: bool = False
 
     @classmethod
     def from_config(cls, cfg: Config) -> OnlineParams:
         post = PostParams.from_config(cfg.post).replace(mode=cfg.stream.mode)
-        return cls(post, horizon=cfg.stream.horizon, topk=cfg.topk, emit_open=cfg.stream.emit_open)
+        return cls(post, horizon=cfg.stream.horizon, topk_ratio=cfg.model.topk_ratio, warmup=cfg.stream.warmup,
+                   emit_open=cfg.stream.emit_open)
 
 
 class CausalScorer:
     """Video scores and per-class normalization over a sliding horizon of CAS columns."""
 
-    def __init__(self, num_classes: int, horizon: int, topk: int):
+    def __init__(self, num_classes: int, horizon: int, topk_ratio: float):
         if horizon < 1:
             raise ConfigError(f"stream.horizon must be at least 1 snippet, got {horizon}")
-        self.horizon, self.topk = horizon, max(1, topk)
+        if not 0 < topk_ratio <= 1:
+            raise ConfigError(f"model.topk_ratio must be in (0, 1], got {topk_ratio}")
+        self.horizon, self.topk_ratio = horizon, topk_ratio
         self._ring = np.zeros((horizon, num_classes), np.float32)
         self._seen = 0
 
@@ -73,7 +85,7 @@ class CausalScorer:
         self._ring[self._seen % self.horizon] = cas_column
         self._seen += 1
         window = self._ring[: min(self._seen, self.horizon)]
-        k = min(self.topk, len(window))
+        k = max(1, int(self.topk_ratio * len(window)))
         top_mean = np.partition(window, len(window) - k, axis=0)[len(window) - k:].mean(axis=0)
         scores = np.exp(top_mean - top_mean.max())
         scores /= scores.sum()
@@ -130,6 +142,8 @@ class SegmentTracker:
         self._values[t % self.history] = normalized
         events = self._track_runs(t, normalized, video_scores, start)
         self._last_end = end
+        if t + 1 < self.params.warmup:
+            return events
         ready = [cand for cand in self._pending if cand.ready_at <= t]
         if ready:
             self._pending = [cand for cand in self._pending if cand.ready_at > t]
@@ -231,7 +245,7 @@ class OnlinePostProcessor:
 
     def __init__(self, params: OnlineParams, class_names: Sequence[str]):
         self.params = params
-        self.scorer = CausalScorer(len(class_names), params.horizon, params.topk)
+        self.scorer = CausalScorer(len(class_names), params.horizon, params.topk_ratio)
         self.tracker = SegmentTracker(params, class_names)
         self._last_scores: np.ndarray | None = None
 

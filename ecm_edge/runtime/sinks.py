@@ -180,7 +180,7 @@ class WebhookSink(Sink):
                 item = self._queue.get(timeout=self._idle_wait())
             except queue.Empty:
                 self._resend_spool()
-                if self._closing.is_set():
+                if self._closing.is_set() and self._queue.empty():
                     return
                 continue
             if item is _STOP:

@@ -1,0 +1,92 @@
+"""``ecm-edge demo`` end to end on a reduced size: every stage runs for real, a re-run reuses, --fresh redoes."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ecm_edge.cli.main import cli
+from ecm_edge.demo import STAGES
+
+pytest.importorskip("torch", reason="the demo trains and exports ECM, which needs torch")
+pytest.importorskip("onnx", reason="the demo exports ONNX")
+
+ARGS = ["--videos", "8", "--epochs", "2", "--seed", "3"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _run(args: list[str]):
+    result = CliRunner().invoke(cli, ["demo", *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _stage_lines(output: str) -> dict[str, str]:
+    lines = {}
+    for line in output.splitlines():
+        match = re.match(r"\[\d/\d\] (\w+)\s+(.*)", line)
+        if match:
+            lines[match.group(1)] = match.group(2)
+    return lines
+
+
+def test_demo_runs_end_to_end_then_reuses_then_redoes_with_fresh(tmp_path):
+    out = tmp_path / "demo"
+    first = _run(["-o", str(out), *ARGS])
+
+    lines = _stage_lines(first)
+    assert list(lines) == list(STAGES)
+    assert not any(text.startswith("reused") for text in lines.values())
+    data = out / "data"
+    assert len(list((data / "videos").glob("*.avi"))) == 8
+    assert (data / "gt.json").is_file() and (data / "extract.json").is_file()
+    features = list((data / "features").rglob("*.npy"))
+    assert len(features) == 16  # rgb + flow per video
+    assert np.load(features[0]).shape[1] == 128
+    assert (out / "train" / "model.safetensors").is_file()
+    evaluation = json.loads((out / "eval" / "eval.json").read_text())
+    assert len(evaluation["map"]) == 7 and all(0.0 <= m <= 1.0 for m in evaluation["map"])
+    for name in ("ecm.onnx", "ecm.fp16.onnx", "ecm.int8.onnx", "ecm.stream.onnx", "agreement.json"):
+        assert (out / "export" / name).is_file(), name
+    agreement = json.loads((out / "export" / "agreement.json").read_text())
+    assert agreement["fp32"]["max_abs_cas"] == 0.0
+    assert 0.0 < agreement["fp16"]["max_abs_cas"] < 0.05
+    assert 0.0 < agreement["int8"]["max_abs_cas"] < 1.0
+    stream = json.loads((out / "stream" / "stream.json").read_text())
+    events = [json.loads(line) for line in (out / "stream" / "events.jsonl").read_text().splitlines()]
+    segments = [e for e in events if e["type"] == "segment"]
+    assert stream["snippets"] > 20 and stream["segments"] == len(segments)
+    assert first.count("    segment  ") == len(segments)  # printed live, one line per event
+
+    report = (out / "report.md").read_text()
+    assert re.search(r"\| mAP \(%\) \|( [\d.]+ \|){8}", report)
+    assert "| int8 |" in report and "| stage | seconds |" in report
+    assert "![timeline" in report and "(timeline.png)" in report
+    image = (out / "timeline.png").read_bytes()
+    assert image.startswith(PNG_SIGNATURE) and len(image) > 10_000
+    assert str(out) in first and "next:" in first
+
+    mtime = (out / "train" / "model.safetensors").stat().st_mtime_ns
+    second = _run(["-o", str(out), *ARGS])
+    assert all(text.startswith("reused") for text in _stage_lines(second).values())
+    assert "7 of 7 stages reused" in second
+    assert (out / "train" / "model.safetensors").stat().st_mtime_ns == mtime
+
+    changed = _run(["-o", str(out), "--videos", "8", "--epochs", "3", "--seed", "3"])
+    reused = {name for name, text in _stage_lines(changed).items() if text.startswith("reused")}
+    assert reused == {"videos", "features"}  # more epochs: training and everything after it run again
+
+    fresh = _run(["-o", str(out), *ARGS, "--fresh"])
+    assert not any(text.startswith("reused") for text in _stage_lines(fresh).values())
+    assert (out / "train" / "model.safetensors").stat().st_mtime_ns != mtime
+    assert (out / "timeline.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_demo_refuses_too_few_videos_for_its_classes(tmp_path):
+    result = CliRunner().invoke(cli, ["demo", "-o", str(tmp_path / "d"), "--videos", "3"])
+    assert result.exit_code != 0
+    assert "at least two videos per class" in str(result.exception)
