@@ -215,7 +215,7 @@ def _stage_videos(paths: _Paths, cfg: Config, options: DemoOptions) -> tuple[lis
 
 
 def _stage_features(paths: _Paths, cfg: Config, options: DemoOptions) -> tuple[list[Path], dict[str, Any]]:
-    from ecm_edge.cli.extract import assign_splits, extract_dataset, find_videos
+    from ecm_edge.runtime.extract import assign_splits, extract_dataset, find_videos
     from ecm_edge.runtime.extractors import create_extractor
 
     _clear(paths.data / "features")
@@ -351,7 +351,7 @@ def _stage_report(paths: _Paths, stages: list[StageResult]) -> tuple[list[Path],
     gt = [(label, float(s), float(e)) for label, (s, e) in zip(annotation.labels, annotation.segments, strict=True)]
     plot_timeline(video_id, gt, detections, raw.class_names, cas=cas, video_scores=raw.video_scores[index],
                   duration=float(raw.duration[index]), out_path=paths.timeline,
-                  title=f"{video_id} (held out): ground truth vs streamed detections, offline CAS")
+                  title=f"{video_id} (held out), streamed")
     atomic_write_text(paths.report, report_markdown({s.name: s for s in stages}, paths))
     return [paths.report, paths.timeline], {}
 

@@ -94,7 +94,7 @@ def _synced(fn: Callable[[], object], device: str) -> Callable[[], object]:
     return call
 
 
-def measure(size: Size, device: str, repeat: int, step_repeat: int) -> list[list[object]]:
+def measure(size: Size, device: str, repeat: int, step_repeat: int, step_warmup: int = 1) -> list[list[object]]:
     """Rows: background branch alone (forward) and the whole training step, batched vs loop."""
     torch = _torch()
     from ecm_edge.train.background import background_scores
@@ -111,9 +111,9 @@ def measure(size: Size, device: str, repeat: int, step_repeat: int) -> list[list
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, weight_decay=5e-4)
     step_b = time_call(_synced(lambda: _train_step(model, optimizer, x, labels, background_scores), device),
-                       repeat=step_repeat, warmup=1 if device == "cuda" else 0)
+                       repeat=step_repeat, warmup=step_warmup)
     step_l = time_call(_synced(lambda: _train_step(model, optimizer, x, labels, loop_background_scores), device),
-                       repeat=step_repeat, warmup=1 if device == "cuda" else 0)
+                       repeat=step_repeat, warmup=step_warmup)
     rows.append([size.name, device, "training step (fwd+bwd+Adam)", pairs, float(np.median(step_b)),
                  float(np.median(step_l)), float(np.median(step_l) / np.median(step_b))])
     return rows
@@ -132,5 +132,6 @@ def run(quick: bool) -> BenchSection:
         if quick and device == "cpu":
             notes.append("paper size on CPU skipped with --quick (a training step takes tens of seconds)")
             continue
-        rows += measure(PAPER, device, repeat=1 if device == "cpu" else 5, step_repeat=1 if device == "cpu" else 5)
+        on_cpu = device == "cpu"  # a paper-size step takes tens of seconds there: one warm-up, one timed call
+        rows += measure(PAPER, device, repeat=1 if on_cpu else 5, step_repeat=1 if on_cpu else 5)
     return BenchSection("Training: batched background branch vs the reference loop", headers, rows, notes)

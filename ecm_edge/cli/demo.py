@@ -33,14 +33,18 @@ def demo(out_dir: Path, fresh: bool, num_videos: int, epochs: int | None, seed: 
     """Raw video → localized actions on this machine, no data download, no GPU (a few minutes on a CPU)."""
     show = sys.stderr.isatty() if progress is None else progress
     ecm_logger = logging.getLogger("ecm_edge")
+    level = ecm_logger.level
     if not ecm_logger.isEnabledFor(logging.DEBUG):
         ecm_logger.setLevel(logging.WARNING)  # one line per stage; per-epoch logs only with --debug
     options = DemoOptions(out_dir=out_dir, num_videos=num_videos, epochs=epochs, seed=seed, fresh=fresh,
                           progress=show)
     click.echo(f"ecm-edge demo → {out_dir} ({num_videos} videos, seed {seed}"
                f"{', fresh' if fresh else ''})")
-    summary = run_demo(options, on_start=_announce if show else None, on_stage=_stage_line,
-                       on_event=_event_line)
+    try:
+        summary = run_demo(options, on_start=_announce if show else None, on_stage=_stage_line,
+                           on_event=_event_line)
+    finally:
+        ecm_logger.setLevel(level)
     figures = {s.name: s.figures for s in summary.stages}
     click.echo("")
     click.echo(summary_tables(figures))
