@@ -90,6 +90,7 @@ class PostConfig:
     nms_iou: float = 0.6  # per-class NMS IoU threshold
     time_base: str = "fps"  # "fps": seconds = frame / fps (THUMOS14); "duration": frame / num_frames · duration
     backend: str = "auto"  # "auto" | "numpy" | "cpu" | "cuda"
+    score_source: str = "cas"  # row thresholded per class: "cas" (paper), "weights" (transition W), "fused" (mean)
 
     @property
     def act_thresholds(self) -> np.ndarray:
@@ -185,6 +186,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "post.mode": ("ecm", "clean"),
     "post.time_base": ("fps", "duration"),
     "post.backend": ("auto", "numpy", "cpu", "cuda"),
+    "post.score_source": ("cas", "weights", "fused"),
     "eval.protocol": ("activitynet", "thumos14"),
     "export.calib_method": ("minmax", "percentile"),
     "stream.frame_policy": ("auto", "latest", "all"),

@@ -50,13 +50,18 @@ STREAM_MIN_WINDOW = 2 * RECEPTIVE_RADIUS + 1
 GRAPH_IO: dict[str, dict[str, list[tuple[str, list[int | str]]]]] = {
     "offline": {
         "inputs": [("features", ["batch", "time", "D"])],
-        "outputs": [("cas", ["batch", "time", "C"]), ("video_scores", ["batch", "C"])],
+        "outputs": [("cas", ["batch", "time", "C"]), ("video_scores", ["batch", "C"]),
+                    ("weights", ["batch", "time", "C"])],
     },
     "streaming": {
         "inputs": [("features", ["batch", "window", "D"])],
-        "outputs": [("cas", ["batch", f"window-{2 * RECEPTIVE_RADIUS}", "C"])],
+        "outputs": [("cas", ["batch", f"window-{2 * RECEPTIVE_RADIUS}", "C"]),
+                    ("weights", ["batch", f"window-{2 * RECEPTIVE_RADIUS}", "C"])],
     },
 }
+# Outputs that artifacts exported before the weight-transition head was shipped lack; the runtime still loads them
+# (every output is looked up by name) and only the score sources that need them refuse such an artifact.
+ADDED_OUTPUTS: tuple[str, ...] = ("weights",)
 
 # What the streaming graph computes, written into its manifest for the streaming runtime.
 STREAMING_CONTRACT: dict[str, Any] = {
@@ -92,9 +97,10 @@ class TensorSpec:
         return cls(str(raw["name"]), str(raw["dtype"]), list(raw["shape"]))
 
 
-def graph_specs(graph: str, feature_dim: int, num_classes: int,
-                dtype: str = "float32") -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Inputs and outputs of an exported graph with D and C filled in."""
+def graph_specs(graph: str, feature_dim: int, num_classes: int, dtype: str = "float32",
+                legacy: bool = False) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs and outputs of an exported graph with D and C filled in (``legacy``: without :data:`ADDED_OUTPUTS`,
+    the contract of artifacts exported before the transition weights were shipped)."""
     if graph not in GRAPH_IO:
         raise CheckpointError(f"unknown graph {graph!r}; choose from {', '.join(GRAPH_IO)}")
     fixed = {"D": feature_dim, "C": num_classes}
@@ -103,7 +109,8 @@ def graph_specs(graph: str, feature_dim: int, num_classes: int,
         return TensorSpec(name, dtype, [fixed.get(d, d) if isinstance(d, str) else d for d in shape])
 
     io = GRAPH_IO[graph]
-    return [spec(*item) for item in io["inputs"]], [spec(*item) for item in io["outputs"]]
+    outputs = [item for item in io["outputs"] if not (legacy and item[0] in ADDED_OUTPUTS)]
+    return [spec(*item) for item in io["inputs"]], [spec(*item) for item in outputs]
 
 
 def resolve_dim(dim: int | str, dims: Mapping[str, int]) -> int:

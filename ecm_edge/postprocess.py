@@ -23,6 +23,7 @@ import numpy as np
 from ecm_edge.environment import cuda_gpu_visible, cuda_simulator_enabled
 from ecm_edge.errors import EcmEdgeError
 from ecm_edge.kernels.params import PostParams
+from ecm_edge.kernels.sources import SCORE_SOURCES, score_rows
 from ecm_edge.kernels.validate import VideoBatch, is_device_array, prepare_batch
 
 logger = logging.getLogger("ecm_edge")
@@ -85,7 +86,8 @@ def localize(cas: Any, video_scores: Any, *, num_frames: int, fps: float | None 
 
 def localize_batch(cas: Any, video_scores: Any, *, num_frames: Any, fps: Any = None, duration: Any = None,
                    params: PostParams, backend: str = "auto", lengths: Any = None,
-                   video_ids: Sequence[str] | None = None, stream: Any = None) -> np.ndarray:
+                   video_ids: Sequence[str] | None = None, stream: Any = None, weights: Any = None,
+                   score_source: str = "cas", source_name: str = "the model") -> np.ndarray:
     """Segments of many videos at once.
 
     ``cas``: a zero-padded ``[N, C, Tmax]`` array with ``lengths`` [N] (default: all Tmax), a list of
@@ -93,9 +95,14 @@ def localize_batch(cas: Any, video_scores: Any, *, num_frames: Any, fps: Any = N
     ``[N, C]``. ``num_frames``, ``fps``, ``duration``: one value or one per video. ``video_ids`` only name
     videos in error messages. ``stream`` (cuda only): a numba stream, a raw ``CUstream`` handle, or an object
     with ``cuda_stream`` / ``__cuda_stream__``; the host backends ignore it.
+
+    ``score_source`` (``cas``, ``weights``, ``fused``; see :mod:`ecm_edge.kernels.sources`) picks the rows to
+    threshold; ``weights`` (the transition weights, laid out like ``cas``) is needed for the last two, and
+    ``source_name`` names their origin in the error when they are missing. The video scores are used as given.
     """
     name = resolve_backend(backend)
-    batch = prepare_batch(cas, video_scores, num_frames=num_frames, fps=fps, duration=duration, lengths=lengths,
+    rows = score_rows(cas, weights, score_source, lengths=lengths, where=source_name)
+    batch = prepare_batch(rows, video_scores, num_frames=num_frames, fps=fps, duration=duration, lengths=lengths,
                           params=params, video_ids=video_ids, allow_device=name == "cuda")
     logger.debug("post-processing %d videos with the %s backend", batch.num_videos, name)
     if name == "cuda":
@@ -116,5 +123,5 @@ def _numba_cuda_installed() -> bool:
     return True
 
 
-__all__ = ["BACKENDS", "PostParams", "VideoBatch", "available_backends", "localize", "localize_batch",
+__all__ = ["BACKENDS", "SCORE_SOURCES", "PostParams", "VideoBatch", "available_backends", "localize", "localize_batch",
            "resolve_backend"]

@@ -1,12 +1,14 @@
 """torch → ONNX for the deployable pre-stream of ECM: the offline graph and the streaming graph.
 
 **Offline graph** (``<stem>.onnx``): ``features [B, T, D]`` → ``cas [B, T, C]`` (raw logits, zero-padded
-convolutions exactly as in training) and ``video_scores [B, C]`` = softmax of the top-k mean of the CAS over time.
+convolutions exactly as in training), ``video_scores [B, C]`` = softmax of the top-k mean of the CAS over time, and
+``weights [B, T, C]`` = sigmoid(conv1x1(cas)), the weight-transition head's per-class foreground weights.
 B and T are dynamic. k is fixed at export from T_fixed · r, and clipped to T inside the graph
 (``Min(k, Shape(cas)[T])`` → ``TopK``), so clips shorter than k work as in :meth:`ECM.video_score`.
 
 **Streaming graph** (``<stem>.stream.onnx``): ``features [B, W, D]`` (a window of W ≥ 5 consecutive snippets) →
-``cas [B, W − 4, C]``: the CAS of the window's W − 4 centre columns, computed with valid padding and no top-k.
+``cas [B, W − 4, C]`` and ``weights [B, W − 4, C]``: the CAS (and its transition weights) of the window's W − 4
+centre columns, computed with valid padding and no top-k.
 Output column j is the CAS of window snippet j + 2; it equals the offline graph's column at the same position of
 the clip whenever that position is at least two snippets away from the clip's edges (the offline graph zero-pads
 the input and the hidden layer there). A streaming runtime feeds the last 5 snippets per new snippet and gets the
@@ -15,7 +17,8 @@ one column that became final (the CAS of snippet t needs snippets t−2 … t+2)
 Both graphs are exported with the TorchScript exporter (``dynamo=False``: the torch.export path needs
 ``onnxscript`` and gives the same graph here), simplified with onnxsim and checked with ``onnx.checker``; their
 input/output names and shapes follow :data:`ecm_edge.manifest.GRAPH_IO`, so an output added there and in the
-module's ``forward`` flows through export, manifests and backends.
+module's ``forward`` flows through export, manifests and backends. ``legacy=True`` writes the graphs as they were
+before the ``weights`` output existed (kept to test that such artifacts still load).
 """
 
 from __future__ import annotations
@@ -40,56 +43,68 @@ TRACE_LENGTH = {"offline": 32, "streaming": STREAM_MIN_WINDOW + 4}  # example T 
 
 
 class OfflineGraph(nn.Module):
-    """The offline pre-stream: features [B, T, D] → (cas [B, T, C], video_scores [B, C])."""
+    """The offline pre-stream: features [B, T, D] → (cas [B, T, C], video_scores [B, C], weights [B, T, C])."""
 
-    def __init__(self, model: ECM):
+    def __init__(self, model: ECM, legacy: bool = False):
         super().__init__()
         self.model = model
+        self.legacy = legacy
         self.register_buffer("topk", torch.tensor(model.dims.topk, dtype=torch.int64), persistent=False)
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         cas = self.model.classifier(self.model.embed(features.transpose(1, 2)))  # [B, C, T]
         k = torch.minimum(torch._shape_as_tensor(cas)[2], self.topk)  # a graph value: T is dynamic
         video_score = torch.topk(cas, k, dim=2).values.mean(dim=2)
-        return cas.transpose(1, 2), torch.softmax(video_score, dim=1)
+        outputs = (cas.transpose(1, 2), torch.softmax(video_score, dim=1))
+        if self.legacy:
+            return outputs
+        return (*outputs, self.model.transition_weights(cas).transpose(1, 2))
 
 
 class StreamingGraph(nn.Module):
-    """The streaming pre-stream: a window features [B, W, D] → cas [B, W − 4, C] of its valid centre columns."""
+    """The streaming pre-stream: a window features [B, W, D] → (cas, weights) [B, W − 4, C] of its valid centre
+    columns (``legacy``: cas only)."""
 
-    def __init__(self, model: ECM):
+    def __init__(self, model: ECM, legacy: bool = False):
         super().__init__()
         self.model = model
+        self.legacy = legacy
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         m = self.model
         hidden = m.act(F.conv1d(features.transpose(1, 2), m.conv1.weight, m.conv1.bias))
         hidden = m.act(F.conv1d(hidden, m.conv2.weight, m.conv2.bias))
-        return F.conv1d(hidden, m.classifier.weight).transpose(1, 2)
+        cas = F.conv1d(hidden, m.classifier.weight)
+        if self.legacy:
+            return cas.transpose(1, 2)
+        return cas.transpose(1, 2), m.transition_weights(cas).transpose(1, 2)
 
 
 GRAPH_MODULES: dict[str, type[nn.Module]] = {"offline": OfflineGraph, "streaming": StreamingGraph}
 
 
-def graph_module(model: ECM, graph: str) -> nn.Module:
+def graph_module(model: ECM, graph: str, legacy: bool = False) -> nn.Module:
     """The torch module of an exported graph, in eval mode (no dropout)."""
-    return GRAPH_MODULES[graph](model).eval()
+    return GRAPH_MODULES[graph](model, legacy=legacy).eval()
 
 
 def export_graph(model: ECM, path: str | Path, graph: str = "offline", opset: int = DEFAULT_OPSET,
-                 simplify: bool = True) -> Path:
-    """Export one graph to ``path`` (simplified, checked, written atomically); returns ``path``."""
+                 simplify: bool = True, legacy: bool = False) -> Path:
+    """Export one graph to ``path`` (simplified, checked, written atomically); returns ``path``.
+
+    ``legacy``: without the ``weights`` output, as artifacts exported before it existed."""
     onnx = _require_onnx()
     path = Path(path)
     dims = model.dims
     was_training = model.training
     try:
         with atomic_path(path) as tmp:
-            _trace_to_onnx(graph_module(model, graph), graph, dims.feature_dim, dims.num_classes, tmp, opset)
+            _trace_to_onnx(graph_module(model, graph, legacy), graph, dims.feature_dim, dims.num_classes, tmp, opset,
+                           legacy)
             proto = onnx.load(str(tmp))
             if simplify:
                 proto = simplify_model(proto)
-            set_io_shapes(proto, graph, dims.feature_dim, dims.num_classes)
+            set_io_shapes(proto, graph, dims.feature_dim, dims.num_classes, legacy)
             onnx.checker.check_model(proto, full_check=True)
             onnx.save(proto, str(tmp))
     finally:
@@ -98,8 +113,8 @@ def export_graph(model: ECM, path: str | Path, graph: str = "offline", opset: in
 
 
 def _trace_to_onnx(module: nn.Module, graph: str, feature_dim: int, num_classes: int, path: Path,
-                   opset: int) -> None:
-    inputs, outputs = graph_specs(graph, feature_dim, num_classes)
+                   opset: int, legacy: bool = False) -> None:
+    inputs, outputs = graph_specs(graph, feature_dim, num_classes, legacy=legacy)
     dynamic_axes = {spec.name: {i: d for i, d in enumerate(spec.shape) if isinstance(d, str)}
                     for spec in inputs + outputs}
     example = torch.zeros(1, TRACE_LENGTH[graph], feature_dim)
@@ -125,9 +140,9 @@ def simplify_model(proto):
     return simplified
 
 
-def set_io_shapes(proto, graph: str, feature_dim: int, num_classes: int) -> None:
+def set_io_shapes(proto, graph: str, feature_dim: int, num_classes: int, legacy: bool = False) -> None:
     """Write the contract's names and shapes onto the graph's inputs and outputs (onnxsim renames dynamic dims)."""
-    inputs, outputs = graph_specs(graph, feature_dim, num_classes)
+    inputs, outputs = graph_specs(graph, feature_dim, num_classes, legacy=legacy)
     by_name = {spec.name: spec for spec in inputs + outputs}
     for value in list(proto.graph.input) + list(proto.graph.output):
         spec = by_name.get(value.name)

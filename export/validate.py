@@ -2,7 +2,7 @@
 
 - **Parity**: the torch model (deploy weights) and each artifact run the same real features; per output, the
   maximum absolute error and the maximum error relative to the output's largest magnitude. FP32 ONNX must stay
-  within :data:`FP32_TOLERANCE` on ``cas``; FP16 and INT8 errors are reported.
+  within :data:`FP32_TOLERANCE` on ``cas`` and ``weights``; FP16 and INT8 errors are reported.
 - **mAP**: each artifact's offline outputs on a dataset split (clips resampled uniformly to T_fixed, as the
   offline pipeline does) go through the same post-processing and evaluation as the torch model's; FP16 should stay
   within :data:`MAP_MARGIN_POINTS` ``["fp16"]`` mAP@0.5 points of FP32, INT8 within ``["int8"]``.
@@ -27,6 +27,7 @@ from ecm_edge.runtime.backends import BackendBase
 log = logging.getLogger("ecm_edge")
 
 FP32_TOLERANCE = 1e-4  # max abs error on cas, torch vs ONNX Runtime FP32
+TOLERANCED_OUTPUTS = ("cas", "weights")  # outputs held to FP32_TOLERANCE (weights: sigmoid of cas, same scale)
 MAP_MARGIN_POINTS = {"fp32": 0.0, "fp16": 0.3, "int8": 1.0}  # allowed mAP@0.5 loss vs FP32, in points (%)
 LATENCY_LENGTHS = (16, 64, 256, 750)
 OFFLINE_BATCH = 16  # clips per call while computing outputs for parity and mAP
@@ -130,12 +131,14 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
                     precision: str, backend: str) -> list[ParityRow]:
     rows = []
     for name, ref in reference.items():
+        if name not in candidate:  # an artifact exported before this output existed
+            continue
         got = candidate[name]
         if got.shape != ref.shape:
             raise DataError(f"{precision} {graph} graph gives {name} of shape {got.shape}, torch {ref.shape}")
         error = np.abs(got.astype(np.float64) - ref.astype(np.float64))
         scale = float(np.abs(ref).max()) or 1.0
-        tolerance = FP32_TOLERANCE if (precision == "fp32" and name == "cas") else None
+        tolerance = FP32_TOLERANCE if (precision == "fp32" and name in TOLERANCED_OUTPUTS) else None
         rows.append(ParityRow(graph, precision, backend, name, float(error.max()), float(error.max()) / scale,
                               tolerance))
     return rows
@@ -156,14 +159,19 @@ def merge_parity(rows: list[ParityRow]) -> list[ParityRow]:
 
 def evaluate_outputs(outputs: dict[str, np.ndarray], dataset: VideoDataset, class_names: Sequence[str],
                      cfg: Config) -> Any:
-    """Post-process offline outputs (``cas [N, T, C]``, ``video_scores [N, C]``) and score them (EvalResult)."""
+    """Post-process offline outputs (``cas [N, T, C]``, ``video_scores [N, C]``, ``weights [N, T, C]`` when the
+    artifact has them) with ``cfg.post.score_source`` and score them (EvalResult)."""
     from ecm_edge.evaluation import detections_to_results, evaluate_detections
     from ecm_edge.kernels.params import PostParams
     from ecm_edge.postprocess import localize_batch
 
     ids = list(dataset.video_ids)
     cas = np.ascontiguousarray(outputs["cas"].transpose(0, 2, 1), dtype=np.float32)
-    dets = localize_batch(cas, outputs["video_scores"].astype(np.float32),
+    weights = outputs.get("weights")
+    if weights is not None:
+        weights = np.ascontiguousarray(weights.transpose(0, 2, 1), dtype=np.float32)
+    dets = localize_batch(cas, outputs["video_scores"].astype(np.float32), weights=weights,
+                          score_source=cfg.post.score_source,
                           num_frames=np.asarray([dataset.num_frames(v) for v in ids], dtype=np.int64),
                           fps=np.asarray([dataset.fps(v) for v in ids], dtype=np.float64),
                           duration=np.asarray([dataset.duration(v) for v in ids], dtype=np.float64),

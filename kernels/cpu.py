@@ -32,7 +32,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ecm_edge.kernels.detections import RANK_SCALE, empty_detections, make_detections
+from ecm_edge.kernels.detections import RANK_SCALE, empty_detections, pack_detections
 from ecm_edge.kernels.params import PostParams
 from ecm_edge.kernels.validate import VideoBatch, kept_pairs
 
@@ -75,20 +75,18 @@ def localize_cpu(batch: VideoBatch, params: PostParams) -> np.ndarray:
     run_start, run_end = np.empty(total, dtype=np.int64), np.empty(total, dtype=np.int64)
     mass_start, mass_end = np.empty(total, dtype=np.float64), np.empty(total, dtype=np.float64)
     score, start_s, end_s = (np.empty(total, dtype=np.float64) for _ in range(3))
-    keep_rank = np.full(total, -1, dtype=np.int64)
+    kept_order = np.empty(total, dtype=np.int64)
+    pair_kept = np.empty(num_pairs, dtype=np.int64)
     pair_scores = batch.video_scores[pair_video, pair_class]
     pass_two = score_and_suppress_parallel if parallel else score_and_suppress_serial
     pass_two(batch.num_frames, batch.fps, batch.duration, pair_video, pair_scores, thresholds.size,
-                       row_offsets, segment_offsets, piece_offsets, rows, segment_first, segment_mass,
-                       piece_start, piece_level, piece_mass, piece_count, proposal_offsets,
-                       params.oic_lambda, params.gamma, params.nms_iou, params.ecm_mode, params.time_by_duration,
-                       run_start, run_end, mass_start, mass_end, score, start_s, end_s, keep_rank)
-
-    proposal_pair = np.repeat(np.arange(num_pairs), counts.sum(axis=1))
-    kept = np.flatnonzero(keep_rank >= 0)
-    kept = kept[np.lexsort((keep_rank[kept], proposal_pair[kept]))]
-    pair = proposal_pair[kept]
-    return make_detections(pair_video[pair], pair_class[pair], start_s[kept], end_s[kept], score[kept])
+             row_offsets, segment_offsets, piece_offsets, rows, segment_first, segment_mass,
+             piece_start, piece_level, piece_mass, piece_count, proposal_offsets,
+             params.oic_lambda, params.gamma, params.nms_iou, params.ecm_mode, params.time_by_duration,
+             run_start, run_end, mass_start, mass_end, score, start_s, end_s, kept_order, pair_kept)
+    columns = gather_detections(pair_video, pair_class, proposal_offsets[:-1:thresholds.size], pair_kept,
+                                kept_order, start_s, end_s, score)
+    return pack_detections(*columns)
 
 
 def _offsets(sizes: np.ndarray) -> np.ndarray:
@@ -151,7 +149,7 @@ def segment_values(row, g):
     return row[g - 1], row[g]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def positive_mass(row, scale, g, j0, m):
     """Σ max(value, 0) over frames j0 .. j0 + m − 1 of segment g: closed form unless its values cross 0."""
     if m <= 0:
@@ -197,6 +195,15 @@ def threshold_level(value, thresholds):
     """How many (ascending, non-negative) thresholds a value passes: value ≥ θ and value > 0."""
     level = 0
     for k in range(thresholds.shape[0]):
+        level += thresholds[k] <= value
+    return level if value > 0.0 else 0
+
+
+@njit(cache=True, inline="always")
+def level_between(value, thresholds, low, high):
+    """``threshold_level`` of a value known to pass thresholds below ``low`` and none from ``high`` on."""
+    level = low
+    for k in range(low, high):
         level += thresholds[k] <= value
     return level if value > 0.0 else 0
 
@@ -281,14 +288,16 @@ def level_pieces(row, n, scale, thresholds, first, mass, piece_start, piece_leve
             continue
         total += positive_mass(row, scale, g, j0, j1 - j0)
         level = threshold_level(min(a, b) - slack, thresholds)
-        if level == threshold_level(max(a, b) + slack, thresholds):
+        high = threshold_level(max(a, b) + slack, thresholds)
+        if level == high:
             if level != previous:
                 add_piece(piece_start, piece_level, piece_mass, pieces, j0, level, mass[g], previous, counts)
                 pieces += 1
                 previous = level
             continue
+        low = level
         for frame in range(j0, j1):
-            level = threshold_level(sample(row, frame, scale), thresholds)
+            level = level_between(sample(row, frame, scale), thresholds, low, high)
             if level != previous:
                 q = mass[g] + positive_mass(row, scale, g, j0, frame - j0)
                 add_piece(piece_start, piece_level, piece_mass, pieces, frame, level, q, previous, counts)
@@ -327,8 +336,9 @@ def drop_lone_first_frame(piece_start, piece_level, pieces, n, counts):
 def score_and_suppress(p, num_frames, fps, duration, pair_video, pair_scores, num_thresholds, row_offsets,
                        segment_offsets, piece_offsets, rows, segment_first, segment_mass, piece_start, piece_level,
                        piece_mass, piece_count, proposal_offsets, oic_lambda, gamma, nms_iou, ecm_mode,
-                       time_by_duration, run_start, run_end, mass_start, mass_end, score, start_s, end_s, keep_rank):
-    """Pass 2 (see the module docstring) for pair p: proposal arrays and ``keep_rank`` (−1: suppressed)."""
+                       time_by_duration, run_start, run_end, mass_start, mass_end, score, start_s, end_s, kept_order,
+                       pair_kept):
+    """Pass 2 (see the module docstring) for pair p: its proposals, and the kept ones in NMS order."""
     v = pair_video[p]
     n = num_frames[v]
     slots = proposal_offsets[p * num_thresholds : (p + 1) * num_thresholds + 1]
@@ -351,8 +361,7 @@ def score_and_suppress(p, num_frames, fps, duration, pair_video, pair_scores, nu
             else:
                 start_s[r] = run_start[r] / fps[v]
                 end_s[r] = (run_end[r] + 1) / fps[v]
-    a, b = slots[0], slots[num_thresholds]
-    greedy_nms(start_s[a:b], end_s[a:b], score[a:b], nms_iou, ecm_mode, keep_rank[a:b])
+    pair_kept[p] = threshold_nms(start_s, end_s, score, slots, nms_iou, ecm_mode, kept_order)
 
 
 @njit(cache=True, parallel=True)
@@ -394,7 +403,7 @@ def collect_runs(piece_start, piece_level, piece_mass, pieces, n, total_mass, sl
         previous = level
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def outer_mean(row, scale, first, mass, run_start, run_end, mass_start, mass_end, r, lo, hi, n, oic_lambda):
     """Mean of the thresholded row over run r's outer window (runs ``lo .. hi − 1`` share its threshold).
 
@@ -423,6 +432,93 @@ def outer_mean(row, scale, first, mass, run_start, run_end, mass_start, mass_end
             total += prefix_mass(row, scale, first, mass, outer_end) - mass_start[other]
         other += 1
     return total / count
+
+
+@njit(cache=True)
+def threshold_nms(start, end, score, slots, iou_threshold, pixel_convention, kept_order):
+    """Greedy NMS over one pair's proposals, ``slots[k] .. slots[k + 1] − 1`` those of threshold k.
+
+    Writes the kept proposals, highest ranking key first (ties in index order), to ``kept_order[slots[0] ..]``
+    and returns how many. A threshold's runs are disjoint and ordered, so the ones a kept segment can overlap
+    (IoU above 0) are contiguous: found by a binary search per threshold, without sorting by start.
+    """
+    base = slots[0]
+    m = slots[slots.shape[0] - 1] - base
+    if m == 0:
+        return 0
+    order = ranking_order(score[base : base + m])
+    rank = np.empty(m, dtype=np.int64)
+    for ii in range(m):
+        rank[order[ii]] = ii
+    one = 1.0 if pixel_convention else 0.0
+    everything = iou_threshold <= 0.0  # then even disjoint segments suppress each other
+    suppressed = np.zeros(m, dtype=np.bool_)
+    kept = 0
+    for ii in range(m):
+        i = base + order[ii]
+        if suppressed[i - base]:
+            continue
+        kept_order[base + kept] = i
+        kept += 1
+        s, e = start[i], end[i]
+        slack = WINDOW_SLACK * (abs(s) + abs(e) + one)
+        for k in range(slots.shape[0] - 1):
+            t, stop = slots[k], slots[k + 1]
+            if not everything:
+                t = first_end_above(end, t, stop, s - one - slack)
+            while t < stop and (everything or start[t] <= e + one + slack):
+                if rank[t - base] > ii and not suppressed[t - base] \
+                        and interval_iou(s, e, start[t], end[t], one) >= iou_threshold:
+                    suppressed[t - base] = True
+                t += 1
+    return kept
+
+
+@njit(cache=True, inline="always")
+def first_end_above(end, lo, hi, bound):
+    """The first t in lo .. hi − 1 with ``end[t] > bound`` (hi if none); ``end`` ascends there."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if end[mid] > bound:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+@njit(cache=True)
+def gather_detections(pair_video, pair_class, pair_base, pair_kept, kept_order, start_s, end_s, score):
+    """Columns (video, class, start, end, score) of the kept proposals, by video, then score descending.
+
+    Within a video, equal scores keep the (class, NMS) order, as ``make_detections`` orders them.
+    """
+    total = 0
+    for p in range(pair_video.shape[0]):
+        total += pair_kept[p]
+    video, cls = np.empty(total, dtype=np.int64), np.empty(total, dtype=np.int64)
+    out_start, out_end, out_score = np.empty(total), np.empty(total), np.empty(total)
+    filled = 0
+    p = 0
+    while p < pair_video.shape[0]:
+        q = p
+        count = 0
+        while q < pair_video.shape[0] and pair_video[q] == pair_video[p]:
+            count += pair_kept[q]
+            q += 1
+        index, owner, negated = np.empty(count, dtype=np.int64), np.empty(count, dtype=np.int64), np.empty(count)
+        j = 0
+        for pair in range(p, q):
+            for r in range(pair_kept[pair]):
+                index[j], owner[j] = kept_order[pair_base[pair] + r], pair
+                negated[j] = -score[index[j]]
+                j += 1
+        for o, j in enumerate(np.argsort(negated, kind="mergesort")):
+            i, pair = index[j], owner[j]
+            video[filled + o], cls[filled + o] = pair_video[pair], pair_class[pair]
+            out_start[filled + o], out_end[filled + o], out_score[filled + o] = start_s[i], end_s[i], score[i]
+        filled += count
+        p = q
+    return video, cls, out_start, out_end, out_score
 
 
 @njit(cache=True)

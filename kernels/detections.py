@@ -28,9 +28,15 @@ def make_detections(video: np.ndarray, cls: np.ndarray, start: np.ndarray, end: 
     The sort is stable, so segments of equal score keep the order they are given in; every backend hands them
     over by class, then in its NMS order, which makes the output order identical across backends.
     """
+    return sort_detections(pack_detections(video, cls, start, end, score))
+
+
+def pack_detections(video: np.ndarray, cls: np.ndarray, start: np.ndarray, end: np.ndarray,
+                    score: np.ndarray) -> np.ndarray:
+    """Pack columns into a detection array as given (for columns already in ``make_detections``'s order)."""
     dets = np.empty(len(video), dtype=DETECTION_DTYPE)
     dets["video"], dets["cls"], dets["start"], dets["end"], dets["score"] = video, cls, start, end, score
-    return sort_detections(dets)
+    return dets
 
 
 def sort_detections(dets: np.ndarray) -> np.ndarray:

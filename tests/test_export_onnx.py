@@ -61,10 +61,10 @@ def features(batch: int, length: int, seed: int = 1) -> np.ndarray:
     return np.maximum(rng.standard_normal((batch, length, D)), 0).astype(np.float32)
 
 
-def torch_offline(model: ECM, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def torch_offline(model: ECM, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with torch.no_grad():
-        cas, scores = model.export_forward(torch.from_numpy(x))
-    return cas.numpy(), scores.numpy()
+        cas, scores, weights = model.export_forward(torch.from_numpy(x), with_weights=True)
+    return cas.numpy(), scores.numpy(), weights.numpy()
 
 
 def test_export_writes_both_graphs_in_fp32_and_fp16_with_manifests(exported):
@@ -85,11 +85,12 @@ def test_export_writes_both_graphs_in_fp32_and_fp16_with_manifests(exported):
 def test_offline_graph_matches_torch_for_dynamic_lengths(exported, length):
     model, result, _ = exported
     x = features(2, length)
-    cas, scores = session(result.artifact("offline", "fp32")).run(None, {"features": x})
-    ref_cas, ref_scores = torch_offline(model, x)
-    assert cas.shape == (2, length, C) and scores.shape == (2, C)
+    cas, scores, weights = session(result.artifact("offline", "fp32")).run(None, {"features": x})
+    ref_cas, ref_scores, ref_weights = torch_offline(model, x)
+    assert cas.shape == (2, length, C) and scores.shape == (2, C) and weights.shape == (2, length, C)
     np.testing.assert_allclose(cas, ref_cas, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(scores, ref_scores, atol=1e-6)
+    np.testing.assert_allclose(weights, ref_weights, atol=1e-5, rtol=1e-5)
 
 
 def test_top_k_is_clipped_to_short_clips_and_fixed_for_long_ones(exported):
@@ -98,7 +99,7 @@ def test_top_k_is_clipped_to_short_clips_and_fixed_for_long_ones(exported):
     sess = session(result.artifact("offline", "fp32"))
     for length, k in ((5, 5), (40, 8)):
         x = features(1, length, seed=length)
-        cas, scores = sess.run(None, {"features": x})
+        cas, scores, _ = sess.run(None, {"features": x})
         top = np.sort(cas[0], axis=0)[::-1][:k].mean(axis=0)
         expected = np.exp(top - top.max()) / np.exp(top - top.max()).sum()
         np.testing.assert_allclose(scores[0], expected, atol=1e-6)
@@ -112,10 +113,12 @@ def test_streaming_graph_equals_offline_graph_on_valid_columns(exported, precisi
     (full,) = session(result.artifact("offline", precision)).run(["cas"], {"features": x})
     stream = session(result.artifact("streaming", precision))
     tolerance = 1e-5 if precision == "fp32" else 2e-3
+    (full_weights,) = session(result.artifact("offline", precision)).run(["weights"], {"features": x})
     for start, width in ((0, 5), (7, 5), (3, 12), (0, 40), (35, 5)):
-        (cas,) = stream.run(None, {"features": x[:, start:start + width]})
-        assert cas.shape == (1, width - 4, C)
+        cas, weights = stream.run(None, {"features": x[:, start:start + width]})
+        assert cas.shape == weights.shape == (1, width - 4, C)
         np.testing.assert_allclose(cas[0], full[0, start + 2:start + width - 2], atol=tolerance)
+        np.testing.assert_allclose(weights[0], full_weights[0, start + 2:start + width - 2], atol=tolerance)
 
 
 def test_streaming_graph_differs_from_offline_at_the_clip_edges(exported):
@@ -123,7 +126,7 @@ def test_streaming_graph_differs_from_offline_at_the_clip_edges(exported):
     _, result, _ = exported
     x = features(1, 20) + 1.0
     (full,) = session(result.artifact("offline", "fp32")).run(["cas"], {"features": x})
-    (cas,) = session(result.artifact("streaming", "fp32")).run(None, {"features": x})
+    (cas,) = session(result.artifact("streaming", "fp32")).run(["cas"], {"features": x})
     np.testing.assert_allclose(cas[0], full[0, 2:-2], atol=1e-5)
     assert np.abs(full[0, :2] - cas[0, :2]).max() > 1e-3
 
@@ -158,10 +161,11 @@ def test_fp16_graph_has_fp16_weights_and_stays_close(exported):
     float_inits = [i for i in graph.initializer if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
     assert float_inits and all(i.data_type == onnx.TensorProto.FLOAT16 for i in float_inits)
     x = features(1, T_FIXED)
-    cas, scores = session(result.artifact("offline", "fp16")).run(None, {"features": x})
-    ref_cas, ref_scores = torch_offline(model, x)
-    assert cas.dtype == np.float32
+    cas, scores, weights = session(result.artifact("offline", "fp16")).run(None, {"features": x})
+    ref_cas, ref_scores, ref_weights = torch_offline(model, x)
+    assert cas.dtype == weights.dtype == np.float32
     assert np.abs(cas - ref_cas).max() < 1e-2 * max(1.0, np.abs(ref_cas).max())
+    assert np.abs(weights - ref_weights).max() < 1e-2  # W = sigmoid(·) ∈ (0, 1): the cas bound at scale 1
     assert np.abs(scores - ref_scores).max() < 1e-3
 
 

@@ -74,7 +74,7 @@ def test_every_conv_has_explicit_symmetric_qdq(int8_export, graph):
     producers = {out: node for node in nodes for out in node.output}
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     convs = [n for n in nodes if n.op_type == "Conv"]
-    assert len(convs) == 3
+    assert len(convs) == 4  # conv1, conv2, classifier, transition
     for conv in convs:
         act_dq, weight_dq = producers[conv.input[0]], producers[conv.input[1]]
         assert act_dq.op_type == weight_dq.op_type == "DequantizeLinear"
@@ -89,13 +89,15 @@ def test_every_conv_has_explicit_symmetric_qdq(int8_export, graph):
 def test_int8_stays_close_to_fp32_on_real_features(int8_export):
     _, result, _, videos, _ = int8_export
     x = videos[0][1][None].astype(np.float32)
-    fp32_cas, fp32_scores = session(result.artifact("offline", "fp32")).run(None, {"features": x})
-    int8_cas, int8_scores = session(result.artifact("offline", "int8")).run(None, {"features": x})
+    fp32_cas, fp32_scores, fp32_weights = session(result.artifact("offline", "fp32")).run(None, {"features": x})
+    int8_cas, int8_scores, int8_weights = session(result.artifact("offline", "int8")).run(None, {"features": x})
     relative = np.abs(int8_cas - fp32_cas).max() / np.abs(fp32_cas).max()
     assert 0 < relative < 0.1  # quantized (not identical), and close
+    assert 0 < np.abs(int8_weights - fp32_weights).max() < 0.1  # W ∈ (0, 1): the cas bound at scale 1
     assert np.abs(int8_scores - fp32_scores).max() < 0.01
-    (stream,) = session(result.artifact("streaming", "int8")).run(None, {"features": x})
+    stream, stream_weights = session(result.artifact("streaming", "int8")).run(None, {"features": x})
     np.testing.assert_allclose(stream[0], int8_cas[0, 2:-2], atol=1e-5)  # same ranges, same columns
+    np.testing.assert_allclose(stream_weights[0], int8_weights[0, 2:-2], atol=1e-5)
 
 
 def test_calibration_is_cached_by_model_data_and_method(int8_export, tmp_path):

@@ -56,7 +56,7 @@ def test_sidecar_holds_hash_size_and_contract(artifact):
     assert raw["size_bytes"] == artifact.stat().st_size
     assert raw["artifact"] == "ecm.fp16.onnx"
     assert raw["format_version"] == MANIFEST_VERSION
-    assert [o["name"] for o in raw["outputs"]] == ["cas", "video_scores"]
+    assert [o["name"] for o in raw["outputs"]] == ["cas", "video_scores", "weights"]
     assert raw["outputs"][0]["shape"] == ["batch", "time", 5]
     manifest = read_manifest(artifact)
     assert manifest.inputs == [TensorSpec("features", "float32", ["batch", "time", 32])]

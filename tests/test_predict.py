@@ -75,7 +75,9 @@ def test_predict_writes_activitynet_results_and_raw_predictions(capsys, run_dir,
     with np.load(raw_path, allow_pickle=False) as raw:
         for key in ("video_ids", "cas", "lengths", "video_scores", "num_frames", "fps", "duration", "class_names"):
             assert key in raw.files, key
-        assert raw["cas"].shape == (len(ids), 4, 32) and raw["video_scores"].shape == (len(ids), 4)
+        assert raw["cas"].shape == raw["weights"].shape == (len(ids), 4, 32)
+        assert raw["video_scores"].shape == (len(ids), 4)
+        assert raw["weights"].min() > 0 and raw["weights"].max() < 1  # sigmoid of the transition head
         np.testing.assert_allclose(raw["video_scores"].sum(axis=1), 1.0, rtol=1e-5)
         first = np.load(feature_dir / f"{ids[0]}.npy")
         assert raw["duration"][0] == pytest.approx(first.shape[0] * 0.64)

@@ -58,8 +58,8 @@ def open_backend(export_dir, backend: str, graph: str):
 
 def reference(model: ECM, x: np.ndarray) -> dict[str, np.ndarray]:
     with torch.no_grad():
-        cas, scores = model.export_forward(torch.from_numpy(x))
-    return {"cas": cas.numpy(), "video_scores": scores.numpy()}
+        cas, scores, weights = model.export_forward(torch.from_numpy(x), with_weights=True)
+    return {"cas": cas.numpy(), "video_scores": scores.numpy(), "weights": weights.numpy()}
 
 
 def features(batch: int, length: int, seed: int = 0) -> np.ndarray:
@@ -74,11 +74,11 @@ def test_offline_outputs_match_the_torch_model(export_dir, backend):
     _, model, _ = export_dir
     with open_backend(export_dir, backend, "offline") as runner:
         assert isinstance(runner, Backend)
-        assert runner.input_names == ["features"] and runner.output_names == ["cas", "video_scores"]
+        assert runner.input_names == ["features"] and runner.output_names == ["cas", "video_scores", "weights"]
         for batch, length in ((1, 1), (2, 48), (1, 300)):
             x = features(batch, length, seed=length)
             shapes = runner.set_shapes({"features": x.shape})
-            assert shapes == {"cas": (batch, length, C), "video_scores": (batch, C)}
+            assert shapes == {"cas": (batch, length, C), "video_scores": (batch, C), "weights": (batch, length, C)}
             out = runner.infer(x)
             tolerance = 2e-2 if backend == "tensorrt" else 1e-5  # the engine is fp16
             for name, expected in reference(model, x).items():
@@ -90,14 +90,15 @@ def test_offline_outputs_match_the_torch_model(export_dir, backend):
 def test_streaming_window_gives_the_valid_centre_columns(export_dir, backend):
     _, model, _ = export_dir
     x = features(1, 30, seed=3)
-    full = reference(model, x)["cas"]
+    full = reference(model, x)
     with open_backend(export_dir, backend, "streaming") as runner:
         assert runner.manifest.streaming["min_window"] == 5
         tolerance = 2e-2 if backend == "tensorrt" else 1e-5
         for start, width in ((0, 5), (10, 5), (4, 20)):
             out = runner.infer(x[:, start:start + width])
-            assert set(out) == {"cas"} and out["cas"].shape == (1, width - 4, C)
-            np.testing.assert_allclose(out["cas"][0], full[0, start + 2:start + width - 2], atol=tolerance)
+            assert set(out) == {"cas", "weights"} and out["cas"].shape == out["weights"].shape == (1, width - 4, C)
+            for name in ("cas", "weights"):
+                np.testing.assert_allclose(out[name][0], full[name][0, start + 2:start + width - 2], atol=tolerance)
         with pytest.raises(DataError, match="at least 5 snippets"):
             runner.infer(x[:, :4])
 

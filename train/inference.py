@@ -32,10 +32,12 @@ INFERENCE_BATCH = 16  # clips per forward pass; all have T_fixed snippets, so th
 
 def predict_features(model: ECM, features: Sequence[np.ndarray], t_fixed: int, *, device: str | torch.device = "cpu",
                      batch_size: int = INFERENCE_BATCH, video_ids: Sequence[str] | None = None,
-                     on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     on_batch: Callable[[int], None] | None = None,
+                     with_weights: bool = False) -> tuple[np.ndarray, ...]:
     """Run the pre-stream on each video's ``[T, D]`` features resampled uniformly to ``t_fixed``.
 
-    Returns (cas [N, C, t_fixed] raw logits, video_scores [N, C] = softmax of the top-k score), float32.
+    Returns (cas [N, C, t_fixed] raw logits, video_scores [N, C] = softmax of the top-k score), float32, and with
+    ``with_weights`` a third array, the transition weights [N, C, t_fixed].
     A feature dimension other than the model's is a DataError naming the video.
     """
     expected = model.dims.feature_dim
@@ -47,16 +49,19 @@ def predict_features(model: ECM, features: Sequence[np.ndarray], t_fixed: int, *
     model.eval()
     cas_out = np.zeros((len(features), model.dims.num_classes, t_fixed), dtype=np.float32)
     scores_out = np.zeros((len(features), model.dims.num_classes), dtype=np.float32)
+    weights_out = np.zeros_like(cas_out) if with_weights else None
     with torch.no_grad():
         for start in range(0, len(features), batch_size):
             chunk = features[start:start + batch_size]
             clips = np.stack([resample_features(f, t_fixed) for f in chunk])
-            cas, scores = model.export_forward(torch.from_numpy(clips).to(device))
+            cas, scores, *weights = model.export_forward(torch.from_numpy(clips).to(device), with_weights)
             cas_out[start:start + len(chunk)] = cas.float().transpose(1, 2).cpu().numpy()
+            if weights_out is not None:
+                weights_out[start:start + len(chunk)] = weights[0].float().transpose(1, 2).cpu().numpy()
             scores_out[start:start + len(chunk)] = scores.float().cpu().numpy()
             if on_batch is not None:
                 on_batch(len(chunk))
-    return cas_out, scores_out
+    return (cas_out, scores_out) if weights_out is None else (cas_out, scores_out, weights_out)
 
 
 def predict_dataset_raw(model: ECM, dataset: VideoDataset, class_names: Sequence[str], cfg: Config, *,
@@ -65,8 +70,8 @@ def predict_dataset_raw(model: ECM, dataset: VideoDataset, class_names: Sequence
     """Raw predictions (CAS, video scores and timing) for every video of ``dataset``."""
     ids = list(dataset.video_ids)
     features = _LazyFeatures(dataset, ids)
-    cas, scores = predict_features(model, features, cfg.data.t_fixed, device=device, video_ids=ids,
-                                   on_batch=on_batch)
+    cas, scores, weights = predict_features(model, features, cfg.data.t_fixed, device=device, video_ids=ids,
+                                            on_batch=on_batch, with_weights=True)
     return RawPredictions(
         video_ids=ids,
         cas=cas,
@@ -76,6 +81,7 @@ def predict_dataset_raw(model: ECM, dataset: VideoDataset, class_names: Sequence
         fps=np.asarray([dataset.fps(v) for v in ids], dtype=np.float64),
         duration=np.asarray([dataset.duration(v) for v in ids], dtype=np.float64),
         class_names=list(class_names),
+        weights=weights,
     )
 
 
@@ -113,8 +119,8 @@ def predict_files_raw(deployed: DeployModel, files: Sequence[Path], cfg: Config,
                             "ones, or a checkpoint trained on these")
         lengths.append(int(shape[0]))
     features = _LazyFiles(files, ids, dim)
-    cas, scores = predict_features(deployed.model, features, cfg.data.t_fixed, device=device, video_ids=ids,
-                                   on_batch=on_batch)
+    cas, scores, weights = predict_features(deployed.model, features, cfg.data.t_fixed, device=device,
+                                            video_ids=ids, on_batch=on_batch, with_weights=True)
     video_fps = float(fps if fps is not None else cfg.data.default_fps)
     duration = np.asarray(lengths, dtype=np.float64) * cfg.data.snippet_seconds
     return RawPredictions(
@@ -126,6 +132,7 @@ def predict_files_raw(deployed: DeployModel, files: Sequence[Path], cfg: Config,
         fps=np.full(len(ids), video_fps, dtype=np.float64),
         duration=duration,
         class_names=list(deployed.class_names),
+        weights=weights,
     )
 
 
@@ -144,8 +151,10 @@ class _LazyFiles(Sequence):
         return read_feature_file(self.files[index], self.ids[index], self.dim)
 
 
-def detections_from_raw(raw: RawPredictions, cfg: Config) -> dict[str, list[dict[str, Any]]]:
-    """Post-process raw predictions (DESIGN.md §5) into an ActivityNet results mapping."""
+def detections_from_raw(raw: RawPredictions, cfg: Config,
+                        source_name: str = "these raw predictions") -> dict[str, list[dict[str, Any]]]:
+    """Post-process raw predictions (DESIGN.md §5) into an ActivityNet results mapping, thresholding the rows
+    ``cfg.post.score_source`` names."""
     from ecm_edge.evaluation import detections_to_results
     from ecm_edge.kernels.params import PostParams
     from ecm_edge.postprocess import localize_batch
@@ -153,7 +162,8 @@ def detections_from_raw(raw: RawPredictions, cfg: Config) -> dict[str, list[dict
     params = PostParams.from_config(cfg.post)
     dets = localize_batch(raw.cas, raw.video_scores, lengths=raw.lengths, num_frames=raw.num_frames,
                           fps=raw.fps, duration=raw.duration, params=params, backend=cfg.post.backend,
-                          video_ids=raw.video_ids)
+                          video_ids=raw.video_ids, weights=raw.weights, score_source=cfg.post.score_source,
+                          source_name=source_name)
     return detections_to_results(dets, raw.video_ids, raw.class_names)
 
 

@@ -126,10 +126,14 @@ class ECM(nn.Module):
         weights = self.transition_weights(cas)
         return ECMOutput(cas, score_pre, weights, self.post_stream(x, weights))
 
-    def export_forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Deployment forward: features [B, T, D] → (cas [B, T, C], video_scores [B, C] = softmax(score_pre))."""
+    def export_forward(self, features: torch.Tensor, with_weights: bool = False) -> tuple[torch.Tensor, ...]:
+        """Deployment forward: features [B, T, D] → (cas [B, T, C], video_scores [B, C] = softmax(score_pre)),
+        and with ``with_weights`` a third output, the transition weights W = sigmoid(conv1x1(cas)) [B, T, C]."""
         cas, score_pre = self.pre_stream(features.transpose(1, 2))
-        return cas.transpose(1, 2), torch.softmax(score_pre, dim=-1)
+        outputs = (cas.transpose(1, 2), torch.softmax(score_pre, dim=-1))
+        if with_weights:
+            outputs += (self.transition_weights(cas).transpose(1, 2),)
+        return outputs
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

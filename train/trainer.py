@@ -21,10 +21,12 @@ DistributedDataParallel averages their gradients.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
+import random
 import sys
 import time
 from contextlib import nullcontext
@@ -390,8 +392,6 @@ def _write_epoch(run_dir: Path, model: ECM, optimizer: torch.optim.Optimizer, sc
 
 
 def _dims_dict(dims: ECMDims) -> dict[str, Any]:
-    import dataclasses
-
     return dataclasses.asdict(dims)
 
 
@@ -460,8 +460,6 @@ def _log_epoch(record: dict[str, Any], epochs: int) -> None:
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

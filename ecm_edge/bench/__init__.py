@@ -16,6 +16,7 @@ PARTS: dict[str, tuple[str, str]] = {
     "postprocess": ("ecm_edge.bench.postprocess", "run"),
     "stream": ("ecm_edge.bench.stream", "run"),
     "extractors": ("ecm_edge.bench.extractors", "run"),
+    "score_sources": ("ecm_edge.bench.score_sources", "run"),
 }
 
 

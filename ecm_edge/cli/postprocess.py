@@ -24,7 +24,8 @@ def postprocess(raw: Path, config_name: str, overrides: tuple[str, ...], backend
                 output: Path | None) -> None:
     """Turn RAW, a raw-prediction .npz, into detections (ActivityNet JSON).
 
-    Re-tune post-processing in seconds: e.g. --set post.mode=clean --set post.nms_iou=0.5.
+    Re-tune post-processing in seconds: e.g. --set post.mode=clean --set post.nms_iou=0.5, or threshold the
+    transition weights instead of the CAS with --set post.score_source=weights (or fused).
     """
     from ecm_edge.evaluation import detections_to_results, write_predictions
     from ecm_edge.kernels.params import PostParams
@@ -38,11 +39,13 @@ def postprocess(raw: Path, config_name: str, overrides: tuple[str, ...], backend
     start = time.perf_counter()
     dets = localize_batch(predictions.cas, predictions.video_scores, lengths=predictions.lengths,
                           num_frames=predictions.num_frames, fps=predictions.fps, duration=predictions.duration,
-                          params=params, backend=name, video_ids=predictions.video_ids)
+                          params=params, backend=name, video_ids=predictions.video_ids,
+                          weights=predictions.weights, score_source=cfg.post.score_source, source_name=str(raw))
     seconds = time.perf_counter() - start
     output = output or raw.with_name(f"{raw.stem}.pred.json")
     write_predictions(output, detections_to_results(dets, predictions.video_ids, predictions.class_names))
     click.echo(f"{len(dets)} detections in {predictions.num_videos} videos ({params.mode} mode, {name} backend, "
+               f"{cfg.post.score_source} scores, "
                f"{seconds:.3f} s)")
     click.echo(f"wrote {output}")
     click.echo(f"next: ecm-edge eval --pred {output} --gt <annotations: gt.json or a W-TALC folder>")

@@ -20,6 +20,11 @@ classifier), so it is final once snippet t+2 has arrived. Two ways to stream it,
 
 :func:`full_cas` is the offline pass in numpy (the oracle of the tests and the "recompute everything" baseline of
 the benchmark).
+
+Both heads also give the transition weights ``W = sigmoid(conv1x1(CAS))`` of the columns their last ``push`` /
+``flush`` returned (:meth:`pop_weights`), for the ``weights`` and ``fused`` score sources: :class:`ColumnHead` from
+the ``transition.*`` tensors of the deploy weights, :class:`WindowHead` from the graphs' ``weights`` output. Heads
+whose artifacts predate that output return None there.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ WINDOW = 2 * RECEPTIVE_RADIUS + 1  # columns a valid-padding window needs for on
 WEIGHTS_NAME = "model.safetensors"
 META_NAME = "model.json"
 HEAD_TENSORS = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "classifier.weight")
+TRANSITION_TENSORS = ("transition.weight", "transition.bias")  # optional: the weight-transition head
 
 
 class StreamingHead(Protocol):
@@ -60,6 +66,11 @@ class StreamingHead(Protocol):
 
     def reset(self) -> None: ...
 
+    def pop_weights(self) -> np.ndarray | None:
+        """The transition weights ``[M, C]`` of the columns the last ``push`` / ``flush`` returned, or None when
+        the head's artifacts have no weight-transition output."""
+        ...
+
     def close(self) -> None:
         """Release what the head holds (backend sessions); it is unusable afterwards."""
         ...
@@ -75,6 +86,15 @@ class HeadWeights:
     conv2_bias: np.ndarray  # [H]
     classifier_weight: np.ndarray  # [C, H] (the k=1 kernel squeezed)
     leaky_slope: float = 0.01
+    transition_weight: np.ndarray | None = None  # [C, C] (k=1 squeezed); None: not in the weights file
+    transition_bias: np.ndarray | None = None  # [C]
+
+    def transition(self, cas: np.ndarray) -> np.ndarray | None:
+        """W = sigmoid(conv1x1(cas)) for CAS columns ``[M, C]``, or None without the transition tensors."""
+        if self.transition_weight is None or self.transition_bias is None:
+            return None
+        logits = cas @ self.transition_weight.T + self.transition_bias
+        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
     @property
     def feature_dim(self) -> int:
@@ -105,7 +125,13 @@ class HeadWeights:
                 or wc.shape[1] != h):
             raise CheckpointError(f"{source} has inconsistent head shapes: conv1 {w1.shape}, conv2 {w2.shape}, "
                                   f"classifier {wc.shape}; expected [H, D, 3], [H, H, 3], [C, H]")
-        return cls(w1, b1, w2, b2, np.ascontiguousarray(wc), float(leaky_slope))
+        wt, bt = (state.get(k) for k in TRANSITION_TENSORS)
+        if wt is not None and bt is not None:
+            wt = np.asarray(wt, dtype=np.float32).reshape(wc.shape[0], -1)
+            bt = np.asarray(bt, dtype=np.float32)
+        else:
+            wt = bt = None
+        return cls(w1, b1, w2, b2, np.ascontiguousarray(wc), float(leaky_slope), wt, bt)
 
     @classmethod
     def random(cls, feature_dim: int, hidden_dim: int, num_classes: int, seed: int = 0,
@@ -144,7 +170,7 @@ def load_head_weights(folder: str | Path) -> tuple[HeadWeights, dict[str, Any]]:
 
         with safe_open(str(weights_path), framework="np") as f:  # tensor by tensor: no second copy of the file
             stored = set(f.keys())
-            state = {name: f.get_tensor(name) for name in HEAD_TENSORS if name in stored}
+            state = {name: f.get_tensor(name) for name in HEAD_TENSORS + TRANSITION_TENSORS if name in stored}
     except Exception as exc:
         raise CheckpointError(f"{weights_path} cannot be read ({type(exc).__name__}: {exc}); the file is "
                               "corrupted or was not written by ecm-edge") from None
@@ -222,21 +248,28 @@ class ColumnHead:
         self._inputs = np.zeros((1, self.feature_dim), np.float32)
         self._hidden = np.zeros((1, self.weights.hidden_dim), np.float32)
         self._received = 0
+        self._last_cas = np.zeros((0, self.num_classes), np.float32)
 
     def push(self, features: np.ndarray) -> np.ndarray:
         features = _check_features(features, self.feature_dim)
         self._received += len(features)
-        return self._advance(np.concatenate([self._inputs, features]), end=False)
+        self._last_cas = self._advance(np.concatenate([self._inputs, features]), end=False)
+        return self._last_cas
+
+    def pop_weights(self) -> np.ndarray | None:
+        return self.weights.transition(self._last_cas)
 
     def close(self) -> None:
         """Nothing to release: the weights are plain arrays."""
 
     def flush(self) -> np.ndarray:
         if self._received == 0:
-            return np.zeros((0, self.num_classes), np.float32)
+            self._last_cas = np.zeros((0, self.num_classes), np.float32)
+            return self._last_cas
         pad = np.zeros((1, self.feature_dim), np.float32)
         cas = self._advance(np.concatenate([self._inputs, pad]), end=True)
         self.reset()
+        self._last_cas = cas
         return cas
 
     def _advance(self, inputs: np.ndarray, end: bool) -> np.ndarray:
@@ -253,7 +286,11 @@ class ColumnHead:
 
 
 class WindowRunner(Protocol):
-    """A backend session exposing the two exported graphs (features ``[1, T, D]`` → CAS ``[1, T', C]``)."""
+    """A backend session exposing the two exported graphs (features ``[1, T, D]`` → CAS ``[1, T', C]``).
+
+    ``last_weights``: the transition weights of the columns the last call returned (None when not available)."""
+
+    last_weights: np.ndarray | None
 
     def stream_cas(self, window: np.ndarray) -> np.ndarray:
         """Valid-padding graph: ``[W, D]`` → CAS of the ``W − 4`` centre columns ``[W − 4, C]``."""
@@ -275,18 +312,33 @@ class WindowHead:
     def reset(self) -> None:
         self._tail = np.zeros((0, self.feature_dim), np.float32)  # the last ≤ 4 snippets
         self._received = 0
+        self._weights: list[np.ndarray | None] = []
 
     def push(self, features: np.ndarray) -> np.ndarray:
         features = _check_features(features, self.feature_dim)
         out: list[np.ndarray] = []
+        self._weights = []
         for column in features:
             self._tail = np.concatenate([self._tail, column[None]])[-(WINDOW - 1) - 1:]
             self._received += 1
             if self._received == WINDOW - 1:  # snippets 0..3 give the two padded first columns
-                out.append(self.runner.full_cas(self._tail)[:RECEPTIVE_RADIUS])
+                out.append(self._keep(self.runner.full_cas(self._tail), slice(None, RECEPTIVE_RADIUS)))
             elif self._received >= WINDOW:
-                out.append(self.runner.stream_cas(self._tail))
+                out.append(self._keep(self.runner.stream_cas(self._tail), slice(None)))
         return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
+
+    def _keep(self, cas: np.ndarray, rows: slice) -> np.ndarray:
+        """``cas[rows]``, remembering the runner's transition weights of the same rows."""
+        weights = getattr(self.runner, "last_weights", None)
+        self._weights.append(None if weights is None else weights[rows])
+        return cas[rows]
+
+    def pop_weights(self) -> np.ndarray | None:
+        if any(w is None for w in self._weights):
+            return None
+        if not self._weights:
+            return np.zeros((0, self.num_classes), np.float32)
+        return np.concatenate(self._weights)
 
     def close(self) -> None:
         close = getattr(self.runner, "close", None)
@@ -299,39 +351,55 @@ class WindowHead:
         if received == 0:
             return np.zeros((0, self.num_classes), np.float32)
         if received < WINDOW - 1:  # nothing emitted yet: the full graph over the whole (short) stream
-            return self.runner.full_cas(tail)
-        return self.runner.full_cas(tail[-(WINDOW - 1):])[-RECEPTIVE_RADIUS:]
+            return self._keep(self.runner.full_cas(tail), slice(None))
+        return self._keep(self.runner.full_cas(tail[-(WINDOW - 1):]), slice(-RECEPTIVE_RADIUS, None))
 
 
 class FullPassRunner:
     """A :class:`WindowRunner` from any offline pass with zero padding (numpy, torch).
 
     The ``W − 4`` centre columns of a zero-padded pass over a window never see the padding, so they equal the
-    valid-padding streaming graph's output.
+    valid-padding streaming graph's output. ``full_pass`` returns the CAS ``[T, C]``, or (CAS, transition
+    weights) both ``[T, C]``.
     """
 
-    def __init__(self, full_pass: Callable[[np.ndarray], np.ndarray]):
+    def __init__(self, full_pass: Callable[[np.ndarray], np.ndarray | tuple[np.ndarray, np.ndarray]]):
         self._full = full_pass
+        self.last_weights: np.ndarray | None = None
 
     def full_cas(self, features: np.ndarray) -> np.ndarray:
-        return np.asarray(self._full(features), np.float32)
+        result = self._full(features)
+        cas, weights = result if isinstance(result, tuple) else (result, None)
+        self.last_weights = None if weights is None else np.asarray(weights, np.float32)
+        return np.asarray(cas, np.float32)
 
     def stream_cas(self, window: np.ndarray) -> np.ndarray:
-        return self.full_cas(window)[RECEPTIVE_RADIUS:-RECEPTIVE_RADIUS]
+        cas = self.full_cas(window)[RECEPTIVE_RADIUS:-RECEPTIVE_RADIUS]
+        if self.last_weights is not None:
+            self.last_weights = self.last_weights[RECEPTIVE_RADIUS:-RECEPTIVE_RADIUS]
+        return cas
 
 
 class BackendRunner:
     """A :class:`WindowRunner` over the two exported graphs, each loaded by an inference backend
-    (``ecm_edge.runtime.backends``: ``infer({"features": [1, T, D]}) -> {"cas": [1, T', C], ...}``)."""
+    (``ecm_edge.runtime.backends``: ``infer({"features": [1, T, D]}) -> {"cas": [1, T', C], ...}``); graphs
+    exported before the ``weights`` output existed leave :attr:`last_weights` None."""
 
     def __init__(self, offline: Any, streaming: Any):
         self.offline, self.streaming = offline, streaming
+        self.last_weights: np.ndarray | None = None
 
     def full_cas(self, features: np.ndarray) -> np.ndarray:
-        return np.asarray(self.offline.infer(features[None])["cas"][0], np.float32)
+        return self._run(self.offline, features)
 
     def stream_cas(self, window: np.ndarray) -> np.ndarray:
-        return np.asarray(self.streaming.infer(window[None])["cas"][0], np.float32)
+        return self._run(self.streaming, window)
+
+    def _run(self, backend: Any, features: np.ndarray) -> np.ndarray:
+        outputs = backend.infer(features[None])
+        weights = outputs.get("weights")
+        self.last_weights = None if weights is None else np.asarray(weights[0], np.float32)
+        return np.asarray(outputs["cas"][0], np.float32)
 
     def close(self) -> None:
         self.offline.close()

@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 
 from ecm_edge.config import Config, apply_override, config_from_dict, load_config
-from ecm_edge.errors import CheckpointError, ConfigError, DataError
+from ecm_edge.errors import CheckpointError, ConfigError, DataError, EcmEdgeError
+from ecm_edge.kernels.sources import missing_weights_message
 from ecm_edge.runtime import events as ev
 from ecm_edge.runtime.head import (
     META_NAME,
@@ -176,7 +177,7 @@ class Localizer:
         cas = self.head.flush()
         times = [self._pending_times.popleft() for _ in range(len(cas))]
         events = self.post.push(cas, [t[0] for t in times], [t[1] for t in times],
-                                None if now is None else [now] * len(cas))
+                                None if now is None else [now] * len(cas), weights=self._head_weights())
         events += self.post.flush(now)
         self._pending_times.clear()
         self._last_end = None
@@ -231,12 +232,22 @@ class Localizer:
         m = len(cas)
         nows = list(ends[len(ends) - m:]) if m <= len(ends) else [ends[-1]] * m
         self._last_end = ends[-1]
-        events = self.post.push(cas, [t[0] for t in times], [t[1] for t in times], nows)
+        events = self.post.push(cas, [t[0] for t in times], [t[1] for t in times], nows, weights=self._head_weights())
         self.stats.record((time.perf_counter() - began) / len(features), len(features), frames)
         if self.stats.due(self.config.stream.stats_every_s):
             events.append(self.stats.event(self.dropped_frames))
         self.dispatcher.publish(events)
         return events
+
+    def _head_weights(self) -> np.ndarray | None:
+        """The transition weights of the head's last columns when the score source needs them."""
+        if self.post.params.score_source == "cas":
+            return None
+        weights = self.head.pop_weights()
+        if weights is None:
+            raise EcmEdgeError(missing_weights_message(self.post.params.score_source,
+                                                       f"the {self.backend} head's artifacts"))
+        return weights
 
     def _feature_times(self, n: int, start_time: float | None,
                        end_times: Sequence[float] | None) -> tuple[list[float], list[float]]:
@@ -314,9 +325,10 @@ def _torch_head(folder: Path) -> tuple[StreamingHead, list[str], dict[str, Any] 
     deployed = load_deploy(folder)
     model = deployed.model
 
-    def full_pass(features: np.ndarray) -> np.ndarray:
+    def full_pass(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            return model.export_forward(torch.from_numpy(np.ascontiguousarray(features))[None])[0][0].numpy()
+            cas, _, weights = model.export_forward(torch.from_numpy(np.ascontiguousarray(features))[None], True)
+            return cas[0].numpy(), weights[0].numpy()
 
     head = WindowHead(FullPassRunner(full_pass), model.dims.feature_dim, model.dims.num_classes)
     return head, deployed.class_names, deployed.meta.get("config"), "torch"

@@ -19,6 +19,10 @@ The offline post-processing (§5) looks at the whole video; a stream only has th
   the ``stream.mode`` convention; kept when IoU < ``post.nms_iou``). Candidates ready at the same step are
   taken highest score first, as the offline greedy NMS does. What is emitted is final.
 
+- **Score source** (``post.score_source``, as offline): ``cas`` normalizes the CAS column; ``weights`` the
+  transition-weight column W with W's running min/max; ``fused`` averages the two normalized columns and
+  normalizes that mean once more with its own running min/max over the horizon (the offline kernels' step 1 on
+  the fused row). The video scores always come from the CAS.
 - **Warm-up**: in the first ``stream.warmup`` snippets of a stream the video scores and the normalization rest
   on a few columns and pass spurious candidates; candidates that are ready by then wait (they are not dropped)
   and are judged with the scores of snippet ``warmup``. A flush judges everything left with the last scores.
@@ -39,9 +43,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ecm_edge.config import Config
-from ecm_edge.errors import ConfigError
+from ecm_edge.errors import ConfigError, EcmEdgeError
 from ecm_edge.kernels.params import PostParams
 from ecm_edge.kernels.reference import interval_iou
+from ecm_edge.kernels.sources import check_score_source
 from ecm_edge.runtime import events as ev
 
 log = logging.getLogger("ecm_edge")
@@ -57,42 +62,64 @@ class OnlineParams:
     topk_ratio: float  # r: the video score averages the top int(r · n) of the n columns in the horizon
     warmup: int = 0  # snippets seen before the first emission
     emit_open: bool = False
+    score_source: str = "cas"  # "cas" | "weights" | "fused" (ecm_edge.kernels.sources)
 
     @classmethod
     def from_config(cls, cfg: Config) -> OnlineParams:
         post = PostParams.from_config(cfg.post).replace(mode=cfg.stream.mode)
         return cls(post, horizon=cfg.stream.horizon, topk_ratio=cfg.model.topk_ratio, warmup=cfg.stream.warmup,
-                   emit_open=cfg.stream.emit_open)
+                   emit_open=cfg.stream.emit_open, score_source=check_score_source(cfg.post.score_source))
 
 
 class CausalScorer:
     """Video scores and per-class normalization over a sliding horizon of CAS columns."""
 
-    def __init__(self, num_classes: int, horizon: int, topk_ratio: float):
+    def __init__(self, num_classes: int, horizon: int, topk_ratio: float, score_source: str = "cas"):
         if horizon < 1:
             raise ConfigError(f"stream.horizon must be at least 1 snippet, got {horizon}")
         if not 0 < topk_ratio <= 1:
             raise ConfigError(f"model.topk_ratio must be in (0, 1], got {topk_ratio}")
         self.horizon, self.topk_ratio = horizon, topk_ratio
+        self.score_source = check_score_source(score_source)
         self._ring = np.zeros((horizon, num_classes), np.float32)
+        self._weights = np.zeros((horizon, num_classes), np.float32)  # W columns (weights, fused)
+        self._fused = np.zeros((horizon, num_classes), np.float32)  # fused columns before their last stretch
         self._seen = 0
 
     def reset(self) -> None:
         self._seen = 0
 
-    def push(self, cas_column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Add one CAS column ``[C]``; return (video scores ``[C]``, the column normalized ``[C]``)."""
-        self._ring[self._seen % self.horizon] = cas_column
+    def push(self, cas_column: np.ndarray, weight_column: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Add one CAS column ``[C]`` (and its transition weights ``[C]``, needed unless the source is ``cas``);
+        return (video scores ``[C]``, the score column normalized ``[C]``)."""
+        slot, filled = self._seen % self.horizon, min(self._seen + 1, self.horizon)
+        self._ring[slot] = cas_column
         self._seen += 1
-        window = self._ring[: min(self._seen, self.horizon)]
+        window = self._ring[:filled]
         k = max(1, int(self.topk_ratio * len(window)))
         top_mean = np.partition(window, len(window) - k, axis=0)[len(window) - k:].mean(axis=0)
         scores = np.exp(top_mean - top_mean.max())
         scores /= scores.sum()
-        high, low = np.maximum(window.max(axis=0), 0), np.maximum(window.min(axis=0), 0)
-        delta = high - low
-        delta[delta <= 0] = 1.0
-        return scores, (cas_column - low) / delta
+        normalized = _normalize_column(window, cas_column)
+        if self.score_source == "cas":
+            return scores, normalized
+        if weight_column is None:
+            raise EcmEdgeError(f"stream score source {self.score_source!r} needs the transition weights of every "
+                               "column; the head gives none")
+        self._weights[slot] = weight_column
+        normalized_w = _normalize_column(self._weights[:filled], weight_column)
+        if self.score_source == "weights":
+            return scores, normalized_w
+        self._fused[slot] = 0.5 * (normalized + normalized_w)
+        return scores, _normalize_column(self._fused[:filled], self._fused[slot])
+
+
+def _normalize_column(window: np.ndarray, column: np.ndarray) -> np.ndarray:
+    """``column`` normalized with the running ``relu(max)`` / ``relu(min)`` of ``window`` per class (Δ ≤ 0 → 1)."""
+    high, low = np.maximum(window.max(axis=0), 0), np.maximum(window.min(axis=0), 0)
+    delta = high - low
+    delta[delta <= 0] = 1.0
+    return (column - low) / delta
 
 
 @dataclass
@@ -245,18 +272,20 @@ class OnlinePostProcessor:
 
     def __init__(self, params: OnlineParams, class_names: Sequence[str]):
         self.params = params
-        self.scorer = CausalScorer(len(class_names), params.horizon, params.topk_ratio)
+        self.scorer = CausalScorer(len(class_names), params.horizon, params.topk_ratio, params.score_source)
         self.tracker = SegmentTracker(params, class_names)
         self._last_scores: np.ndarray | None = None
 
     def push(self, cas: np.ndarray, starts: Sequence[float], ends: Sequence[float],
-             nows: Sequence[float] | None = None) -> list[ev.Event]:
+             nows: Sequence[float] | None = None, weights: np.ndarray | None = None) -> list[ev.Event]:
         """CAS columns ``[M, C]`` (final, in order) with each column's snippet start/end time and, for latencies,
-        the source time at which each column became final (default: its own end)."""
+        the source time at which each column became final (default: its own end); ``weights`` ``[M, C]``: their
+        transition weights, needed when ``post.score_source`` is ``weights`` or ``fused``."""
         events: list[ev.Event] = []
         nows = ends if nows is None else nows
-        for column, start, end, now in zip(cas, starts, ends, nows, strict=True):
-            scores, normalized = self.scorer.push(column)
+        columns = [None] * len(cas) if weights is None else weights
+        for column, w, start, end, now in zip(cas, columns, starts, ends, nows, strict=True):
+            scores, normalized = self.scorer.push(column, w)
             self._last_scores = scores
             events += self.tracker.update(normalized, scores, float(start), float(end), float(now))
         return events
