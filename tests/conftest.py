@@ -8,7 +8,10 @@ keeps the real device, and so does an explicit NUMBA_ENABLE_CUDASIM in the envir
 
 from __future__ import annotations
 
+import logging
 import os
+
+import pytest
 
 
 def pytest_configure(config) -> None:
@@ -16,3 +19,13 @@ def pytest_configure(config) -> None:
     selects_gpu_tests = "gpu" in markexpr and "not gpu" not in markexpr
     if not selects_gpu_tests:
         os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+
+@pytest.fixture(autouse=True)
+def cli_logging():
+    """The CLI installs its own handler on the ecm_edge logger and stops propagation; every test that runs it
+    in-process would leave caplog blind for the tests after it, so the logger is put back after each test."""
+    logger = logging.getLogger("ecm_edge")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import onnx
@@ -30,13 +29,6 @@ def small_model(seed: int = 0) -> tuple[ECM, object]:
     return model, cfg
 
 
-@pytest.fixture
-def cli_logging():
-    """``main`` installs its own handler on the ecm_edge logger; put the logger back afterwards."""
-    logger = logging.getLogger("ecm_edge")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
 
 
 @pytest.fixture(scope="module")

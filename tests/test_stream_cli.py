@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import queue
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mjpeg_server import MjpegServer
 
 from ecm_edge.runtime.localizer import Localizer
 
@@ -167,56 +167,6 @@ def test_reader_leaving_the_pipe_ends_the_stream_quietly(deploy_dir, features_fi
     assert "Traceback" not in err
 
 
-class MjpegServer:
-    """A live HTTP MJPEG camera on 127.0.0.1; ``cut()`` ends the open streams and refuses new ones (503)."""
-
-    def __init__(self, fps: float = 25.0):
-        cv2 = pytest.importorskip("cv2")
-        self.available = threading.Event()
-        self.available.set()
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                if not server.available.is_set():
-                    self.send_error(503)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                self.end_headers()
-                index = 0
-                while server.available.is_set():
-                    image = np.full((48, 64, 3), (index * 7) % 256, np.uint8)
-                    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
-                    try:
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
-                                         % len(jpeg) + jpeg + b"\r\n")
-                        self.wfile.flush()
-                    except OSError:
-                        return
-                    index += 1
-                    time.sleep(1.0 / fps)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/live.mjpg"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def cut(self) -> None:
-        self.available.clear()
-
-    def restore(self) -> None:
-        self.available.set()
-
-    def close(self) -> None:
-        self.available.clear()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def test_live_url_cut_mid_way_reconnects_and_reports_it(deploy_dir):
     server = MjpegServer()
     fast = ["--set", "stream.read_timeout_s=0.5", "--set", "stream.reconnect_initial_s=0.1",
@@ -241,10 +191,10 @@ def test_live_url_cut_mid_way_reconnects_and_reports_it(deploy_dir):
 
     try:
         assert next_event("stats")["snippets"] >= 1  # frames flow through the whole pipeline
-        server.cut()
+        server.down()
         lost = next_event("source_lost")
         time.sleep(0.5)  # reopen attempts meanwhile get 503
-        server.restore()
+        server.up()
         restored = next_event("source_restored")
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=30)

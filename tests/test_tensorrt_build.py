@@ -6,7 +6,6 @@ The build itself needs TensorRT and a GPU; everything it decides beforehand is p
 from __future__ import annotations
 
 import importlib.util
-import logging
 from pathlib import Path
 
 import pytest
@@ -35,13 +34,6 @@ needs_no_tensorrt = pytest.mark.skipif(TENSORRT_INSTALLED, reason="TensorRT is i
                                                                   "the behaviour without it")
 
 
-@pytest.fixture
-def cli_logging():
-    """``main`` installs its own handler on the ecm_edge logger; put the logger back afterwards."""
-    logger = logging.getLogger("ecm_edge")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
 
 
 # -- version gating ---------------------------------------------------------------------------------------------
