@@ -25,6 +25,7 @@ import numpy as np
 
 from ecm_edge.errors import DataError, MissingDependencyError
 from ecm_edge.io import atomic_path, atomic_write_text
+from ecm_edge.kernels.reference import normalize_rows as normalize_cas
 
 logger = logging.getLogger("ecm_edge")
 
@@ -72,19 +73,6 @@ def select_detections(detections: Sequence[Detection], *, min_score: float | Non
     kept = [d for d in detections if min_score is None or d.score >= min_score]
     kept.sort(key=lambda d: -d.score)
     return kept if top is None else kept[:top]
-
-
-def normalize_cas(cas: np.ndarray) -> np.ndarray:
-    """Per-class min/max normalization of raw CAS logits ``[C, T]``, as post-processing does it.
-
-    ``(cas − relu(min)) / (relu(max) − relu(min))``, with a non-positive range replaced by 1.
-    """
-    cas = np.asarray(cas, dtype=np.float64)
-    high = np.maximum(cas.max(axis=-1, keepdims=True), 0.0)
-    low = np.maximum(cas.min(axis=-1, keepdims=True), 0.0)
-    spread = high - low
-    spread[spread <= 0] = 1.0
-    return (cas - low) / spread
 
 
 # --- SubRip -------------------------------------------------------------------------------------------------

@@ -34,12 +34,14 @@ def localize_reference(batch: VideoBatch, params: PostParams) -> np.ndarray:
 
 
 def normalize_rows(cas: np.ndarray) -> np.ndarray:
-    """Per class row: ``(cas − relu(min)) / (relu(max) − relu(min))``, the divisor replaced by 1 when ≤ 0."""
-    max_plus = np.maximum(cas.max(axis=1), 0.0)
-    min_plus = np.maximum(cas.min(axis=1), 0.0)
+    """Step 1 of DESIGN.md §5 along the last axis: ``(cas − relu(min)) / (relu(max) − relu(min))`` in float64,
+    the divisor replaced by 1 when ≤ 0. The one implementation; the score sources and the plots use it too."""
+    cas = np.asarray(cas, dtype=np.float64)
+    max_plus = np.maximum(cas.max(axis=-1), 0.0)
+    min_plus = np.maximum(cas.min(axis=-1), 0.0)
     delta = max_plus - min_plus
     delta[delta <= 0] = 1.0
-    return (cas - min_plus[:, None]) / delta[:, None]
+    return (cas - min_plus[..., None]) / delta[..., None]
 
 
 def interpolate_row(row: np.ndarray, num_frames: int) -> np.ndarray:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ecm_edge.errors import EcmEdgeError
+from ecm_edge.kernels.reference import normalize_rows
 
 SCORE_SOURCES: tuple[str, ...] = ("cas", "weights", "fused")
 
@@ -41,17 +42,6 @@ def missing_weights_message(source: str, where: str) -> str:
     return (f"post.score_source={source} needs the weight-transition output, but {where} has none (it was made "
             "before ecm-edge shipped the `weights` output); re-export the model with this version (`ecm-edge "
             "export`, or `ecm-edge predict --save-raw` for raw predictions), or use --set post.score_source=cas")
-
-
-def normalize_rows(rows: np.ndarray) -> np.ndarray:
-    """Step 1 of DESIGN.md §5 per row of ``[C, T]``: ``(x − relu(min)) / (relu(max) − relu(min))`` (divisor 1
-    when ≤ 0), in float64."""
-    rows = np.asarray(rows, dtype=np.float64)
-    high = np.maximum(rows.max(axis=-1), 0.0)
-    low = np.maximum(rows.min(axis=-1), 0.0)
-    delta = high - low
-    delta[delta <= 0] = 1.0
-    return (rows - low[..., None]) / delta[..., None]
 
 
 def fuse_rows(cas: np.ndarray, weights: np.ndarray) -> np.ndarray:
