@@ -24,13 +24,7 @@ PARAMS = {mode: PostParams(mode=mode) for mode in ("ecm", "clean")}  # THUMOS14 
 EXAMPLES = {"cpu": 150, "cuda": 10}  # the simulator runs a Python thread per CUDA thread
 
 
-@pytest.fixture(autouse=True)
-def _fast_simulator_threads():
-    """The CUDA simulator syncs threads through the GIL: a short switch interval makes it ~10× faster."""
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    yield
-    sys.setswitchinterval(previous)
+pytestmark = pytest.mark.usefixtures("fast_cuda_simulator")
 
 
 def need(backend: str) -> None:

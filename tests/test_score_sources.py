@@ -7,8 +7,6 @@ output existed still loads and runs with ``cas``, and says to re-export when ``w
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
@@ -26,13 +24,7 @@ LENGTHS = np.array([40, 23, 31])
 FRAMES = LENGTHS + 7  # a little interpolation; few frames keep the CUDA simulator fast
 
 
-@pytest.fixture(autouse=True)
-def _fast_simulator_threads():
-    """The CUDA simulator syncs threads through the GIL: a short switch interval makes it much faster."""
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    yield
-    sys.setswitchinterval(previous)
+pytestmark = pytest.mark.usefixtures("fast_cuda_simulator")
 
 
 def batch(seed: int = 0) -> dict[str, np.ndarray]:
