@@ -157,7 +157,7 @@ def test_missing_or_broken_weights_are_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match=r"model\.safetensors"):
         load_head_weights(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
-    (tmp_path / "model.json").write_text('{"class_names": []}')
+    (tmp_path / "model.json").write_text('{"format": "ecm-edge/model", "class_names": []}')
     with pytest.raises(CheckpointError, match="cannot be read"):
         load_head_weights(tmp_path)
 
@@ -177,3 +177,10 @@ def test_wrong_feature_dim_names_the_expected_shape(weights):
         ColumnHead(weights).push(np.zeros((3, D + 1), np.float32))
     with pytest.raises(DataError, match="NaN"):
         ColumnHead(weights).push(np.full((1, D), np.nan, np.float32))
+
+
+def test_a_foreign_model_description_is_refused(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "model.json").write_text('{"class_names": []}')
+    with pytest.raises(CheckpointError, match="not an ecm-edge model description"):
+        load_head_weights(tmp_path)

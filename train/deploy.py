@@ -6,7 +6,6 @@ This is what ``predict`` and ``export`` load; it carries no optimizer state and 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +14,16 @@ from safetensors.torch import load_file, save_file
 
 from ecm_edge import __version__
 from ecm_edge.config import Config, config_from_dict
+from ecm_edge.deploy_format import (
+    DEPLOY_FORMAT,
+    DEPLOY_FORMAT_VERSION,
+    META_NAME,
+    WEIGHTS_NAME,
+    read_deploy_meta,
+)
 from ecm_edge.errors import CheckpointError
 from ecm_edge.io import atomic_path, atomic_write_json
 from ecm_edge.train.model import ECM, ECMDims
-
-DEPLOY_FORMAT = "ecm-edge/model"
-DEPLOY_FORMAT_VERSION = 1
-WEIGHTS_NAME = "model.safetensors"
-META_NAME = "model.json"
 
 
 @dataclasses.dataclass
@@ -78,12 +79,7 @@ def load_deploy(path: str | Path, device: str | torch.device = "cpu") -> DeployM
     if not meta_path.is_file():
         raise CheckpointError(f"{weights} has no {META_NAME} beside it; it is needed for class names and "
                               "model dimensions")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{meta_path} is corrupted ({exc}); re-run `ecm-edge train` or restore it") from None
-    if meta.get("format") != DEPLOY_FORMAT:
-        raise CheckpointError(f"{meta_path} is not an ecm-edge model description (format {meta.get('format')!r})")
+    meta = read_deploy_meta(meta_path)
     try:
         dims = ECMDims(**meta["dims"])
         cfg = config_from_dict({k: v for k, v in meta["config"].items() if k != "name"}, source=str(meta_path))

@@ -29,7 +29,6 @@ whose artifacts predate that output return None there.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,14 +37,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ecm_edge.deploy_format import META_NAME, WEIGHTS_NAME, read_deploy_meta
 from ecm_edge.errors import CheckpointError, DataError
 
 log = logging.getLogger("ecm_edge")
 
 RECEPTIVE_RADIUS = 2  # the CAS of snippet t is final once snippet t + 2 has arrived
 WINDOW = 2 * RECEPTIVE_RADIUS + 1  # columns a valid-padding window needs for one output column
-WEIGHTS_NAME = "model.safetensors"
-META_NAME = "model.json"
 HEAD_TENSORS = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "classifier.weight")
 TRANSITION_TENSORS = ("transition.weight", "transition.bias")  # optional: the weight-transition head
 
@@ -161,10 +159,7 @@ def load_head_weights(folder: str | Path) -> tuple[HeadWeights, dict[str, Any]]:
     if not weights_path.is_file() or not meta_path.is_file():
         raise CheckpointError(f"{folder} has no {WEIGHTS_NAME} + {META_NAME}; pass a training run folder "
                               "(runs/train/NAME) or a folder written by `ecm-edge export`")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{meta_path} is corrupted ({exc}); re-run `ecm-edge train` or restore it") from None
+    meta = read_deploy_meta(meta_path)
     try:
         from safetensors import safe_open
 

@@ -42,12 +42,11 @@ from typing import Any
 import numpy as np
 
 from ecm_edge.config import Config, apply_override, config_from_dict, load_config
+from ecm_edge.deploy_format import META_NAME, WEIGHTS_NAME
 from ecm_edge.errors import CheckpointError, ConfigError, DataError, EcmEdgeError
 from ecm_edge.kernels.sources import missing_weights_message
 from ecm_edge.runtime import events as ev
 from ecm_edge.runtime.head import (
-    META_NAME,
-    WEIGHTS_NAME,
     ColumnHead,
     StreamingHead,
     load_head_weights,
