@@ -130,6 +130,10 @@ class StreamConfig:
 
     horizon: int = 256  # snippets of history for causal video scores and normalization
     warmup: int = 32  # snippets a stream must have seen before its first segment is emitted (earlier ones wait)
+    # head columns per source snippet, the causal stand-in for resampling each video to data.t_fixed
+    # (ecm_edge.runtime.resample); "auto": the training videos' median t_fixed / length, which `ecm-edge train`
+    # resolves and records in the run's config; 1: the native snippet rate
+    columns_per_snippet: str = "auto"
     frame_policy: str = "auto"  # "latest" (live: drop stale frames) | "all" (files) | "auto"
     reconnect_initial_s: float = 0.5  # first reconnect delay after a lost live source
     reconnect_max_s: float = 30.0  # reconnect delay cap (exponential backoff)

@@ -15,6 +15,7 @@ from ecm_edge.errors import CheckpointError, ConfigError
 from ecm_edge.runtime.head import HeadWeights, full_cas
 from ecm_edge.runtime.localizer import Localizer
 from ecm_edge.runtime.online import OnlineParams, OnlinePostProcessor
+from ecm_edge.runtime.resample import ColumnResampler
 from ecm_edge.runtime.sinks import JsonlSink
 
 D, H, C = 32, 48, 5
@@ -102,6 +103,27 @@ def test_events_equal_offline_cas_through_the_online_post_processing(backend, de
     post = OnlinePostProcessor(OnlineParams.from_config(localizer.config), CLASSES)
     starts = np.arange(len(features)) * 0.64
     expected = post.push(full_cas(weights, features), starts, starts + 0.64) + post.flush()
+    assert_same_events(events, expected, without=("emitted_at", "latency"))
+    assert any(e["type"] == "segment" for e in events)
+
+
+@pytest.mark.parametrize("rate", [2.5, 0.5])
+def test_resampled_stream_equals_offline_cas_of_the_resampled_features(rate, deploy_dir, features):
+    """At ρ columns per snippet the stream runs the head on the snippets ``floor(i / ρ)``, and its
+    post-processing, with the column times of the resampler (``test_resample``), spans the same time as at the
+    native rate."""
+    folder, weights = deploy_dir
+    overrides = (*OVERRIDES, f"stream.columns_per_snippet={rate}")
+    localizer = Localizer.from_artifacts(folder, overrides=overrides)
+    events = stream_all(localizer, features, chunk=7)
+    localizer.close()
+    snippet_starts = np.arange(len(features)) * 0.64
+    columns = ColumnResampler(rate).plan(list(snippet_starts), list(snippet_starts + 0.64))
+    np.testing.assert_array_equal(columns.snippet, np.floor(np.arange(len(columns)) / rate + 1e-9))
+    params = OnlineParams.from_config(localizer.config, rate)
+    assert params.horizon == round(64 * rate)
+    post = OnlinePostProcessor(params, CLASSES)
+    expected = post.push(full_cas(weights, features[columns.snippet]), columns.starts, columns.ends) + post.flush()
     assert_same_events(events, expected, without=("emitted_at", "latency"))
     assert any(e["type"] == "segment" for e in events)
 

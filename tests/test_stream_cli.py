@@ -30,7 +30,8 @@ def deploy_dir(tmp_path_factory) -> Path:
     from ecm_edge.train.model import ECM, ECMDims
 
     torch.manual_seed(5)
-    cfg = load_config("small", [f"data.feature_dim={D}", f"model.hidden_dim={H}", f"model.num_classes={C}"])
+    cfg = load_config("small", [f"data.feature_dim={D}", f"model.hidden_dim={H}", f"model.num_classes={C}",
+                                "stream.columns_per_snippet=1"])  # a number, as `ecm-edge train` records it
     folder = tmp_path_factory.mktemp("run")
     save_deploy(ECM(ECMDims.from_config(cfg)).eval(), ["walk", "jump", "wave", "sit"], cfg, folder)
     return folder

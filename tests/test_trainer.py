@@ -52,7 +52,13 @@ def test_run_folder_contents(finished_run, data_dir):
     names = {p.name for p in run_dir.iterdir()}
     assert {"config.yaml", "metrics.jsonl", "last.pt", "best.pt", "model.safetensors", "model.json"} <= names
     assert not [n for n in names if n.startswith(".")], "temporary files left behind"
-    assert load_config(run_dir / "config.yaml").to_dict() | {"name": None} == tiny_config().to_dict() | {"name": None}
+    # the resolved config: the stream rate `auto` becomes the median t_fixed / length of the training videos
+    train_set = VideoDataset.open(data_dir, tiny_config(), "train").subset_ids(
+        torch.load(run_dir / "last.pt", weights_only=True)["train_ids"])
+    rate = np.median([tiny_config().data.t_fixed / train_set.num_snippets(v) for v in train_set.video_ids])
+    expected = tiny_config(f"stream.columns_per_snippet={rate:.4g}")
+    assert load_config(run_dir / "config.yaml").to_dict() | {"name": None} == expected.to_dict() | {"name": None}
+    assert json.loads((run_dir / "model.json").read_text())["config"]["stream"]["columns_per_snippet"] == f"{rate:.4g}"
 
     records = read_metrics(run_dir)
     assert [r["epoch"] for r in records] == [1, 2, 3]

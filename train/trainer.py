@@ -21,6 +21,7 @@ DistributedDataParallel averages their gradients.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -42,6 +43,7 @@ from ecm_edge.config import Config, apply_override, config_from_dict
 from ecm_edge.data.dataset import VideoDataset, resample_features
 from ecm_edge.errors import CheckpointError, ConfigError, DataError, EcmEdgeError
 from ecm_edge.io import atomic_write_text, next_run_dir
+from ecm_edge.runtime.resample import parse_columns_per_snippet, training_rate
 from ecm_edge.train import distributed as ddp
 from ecm_edge.train.background import aggregated_scores, background_scores
 from ecm_edge.train.checkpoint import (
@@ -205,6 +207,21 @@ def open_training_data(data_dir: str | Path, cfg: Config) -> tuple[VideoDataset,
     return train_part, val_part, "val"
 
 
+def with_stream_rate(cfg: Config, train_set: VideoDataset) -> Config:
+    """``cfg`` with ``stream.columns_per_snippet: auto`` replaced by the rate this network trains at (the median
+    ``t_fixed / length`` of its training videos), so the run's config, and with it the deploy and export
+    folders, tell the stream how to resample (``ecm_edge.runtime.resample``)."""
+    if parse_columns_per_snippet(cfg.stream.columns_per_snippet) is not None:
+        return cfg
+    lengths = [train_set.num_snippets(video_id) for video_id in train_set.video_ids]
+    rate = training_rate(lengths, cfg.data.t_fixed)
+    cfg = copy.deepcopy(cfg)
+    cfg.stream.columns_per_snippet = f"{rate:.4g}"
+    logger.info("training clips hold %.4g columns per source snippet (median); streams will resample to that "
+                "(stream.columns_per_snippet)", rate)
+    return cfg
+
+
 def _ambiguous_segments(data_dir: str | Path, cfg: Config, split: str | None):
     if cfg.eval.protocol != "thumos14" or split != "test":
         return None
@@ -238,6 +255,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, device: str
     check_precision_options(cfg, dev)
     seed_everything(cfg.train.seed)
     train_set, eval_set, eval_split = open_training_data(data_dir, cfg)
+    cfg = with_stream_rate(cfg, train_set)
     class_names = list(train_set.class_names)
     model = ECM(ECMDims.from_config(cfg)).to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),

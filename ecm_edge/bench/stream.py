@@ -1,11 +1,12 @@
 """Streaming benchmark: per-snippet step latency, incremental vs recomputing the horizon; memory; parity.
 
-- **Step latency** (head + causal post-processing per new snippet) of the paper-size head (D = H = 2048, C = 20;
-  ``--quick``: D = H = 512) with random weights: the runtime's two incremental heads — the numpy
-  :class:`~ecm_edge.runtime.head.ColumnHead` (deploy folders) and the exported streaming graph on ONNX Runtime
-  (:class:`~ecm_edge.runtime.head.WindowHead`, export folders) — against the baseline that recomputes the whole
-  horizon (``stream.horizon`` snippets) through the offline pass every step, in numpy and on ONNX Runtime.
-  Speedups are ratios of medians measured in the same run.
+- **Step latency** (head + causal post-processing per new source snippet) of the paper-size head (D = H = 2048,
+  C = 20; ``--quick``: D = H = 512) with random weights, streaming at the THUMOS14 training rate of
+  :data:`COLUMNS_PER_SNIPPET` head columns per snippet (``ecm_edge.runtime.resample``): the runtime's two
+  incremental heads — the numpy :class:`~ecm_edge.runtime.head.ColumnHead` (deploy folders) and the exported
+  streaming graph on ONNX Runtime (:class:`~ecm_edge.runtime.head.WindowHead`, export folders) — against the
+  baseline that recomputes the whole horizon (``stream.horizon`` snippets) through the offline pass every step,
+  in numpy and on ONNX Runtime. Speedups are ratios of medians measured in the same run.
 - **Memory**: peak RSS of an ``ecm-edge stream --features`` process on the deploy folder, and the growth of
   Python-allocated memory over a long in-process stream (tracemalloc): the state is bounded by the horizon.
 - **Parity** (:func:`measure_parity`): detections of the streamed test features vs the offline pipeline on the
@@ -40,10 +41,14 @@ from ecm_edge.runtime.head import (
     load_head_weights,
 )
 from ecm_edge.runtime.online import OnlineParams, OnlinePostProcessor
+from ecm_edge.runtime.resample import ColumnResampler
 
 log = logging.getLogger("ecm_edge")
 
 PAPER_DIMS = (2048, 2048, 20)  # D, H, C of the THUMOS14 configuration
+# head columns per source snippet that `ecm-edge train --config thumos14` records on the THUMOS14-like set (the
+# median t_fixed / T of its training videos; real THUMOS14 durations give the same)
+COLUMNS_PER_SNIPPET = 3.4
 QUICK_DIMS = (512, 512, 20)
 STEPS = {"full": 120, "quick": 40}  # incremental steps timed after the warm-up
 BASELINE_STEPS = {"full": 8, "quick": 5}  # horizon recomputations timed (each costs ~horizon columns)
@@ -51,6 +56,7 @@ WARMUP = 8
 MEMORY_SNIPPETS = {"full": 300, "quick": 300}  # snippets streamed by the peak-RSS process
 GROWTH_SNIPPETS = {"full": 400, "quick": 600}  # snippets streamed while tracemalloc watches
 PARITY_IOU = 0.5
+SNIPPET_SECONDS = 0.64  # 16 frames at 25 fps (the timing runs use nominal source times)
 
 
 def run(quick: bool) -> BenchSection:
@@ -58,15 +64,18 @@ def run(quick: bool) -> BenchSection:
     d, h, c = QUICK_DIMS if quick else PAPER_DIMS
     with tempfile.TemporaryDirectory(prefix="ecm-edge-bench-stream-") as tmp:
         deploy_dir, export_dir = _make_artifacts(Path(tmp), d, h, c)
-        cfg = load_config("thumos14", [f"data.feature_dim={d}", f"model.hidden_dim={h}", f"model.num_classes={c}"])
+        cfg = load_config("thumos14", [f"data.feature_dim={d}", f"model.hidden_dim={h}", f"model.num_classes={c}",
+                                       f"stream.columns_per_snippet={COLUMNS_PER_SNIPPET}"])
         horizon = cfg.stream.horizon
         rng = np.random.default_rng(0)
         features = rng.normal(size=(horizon + WARMUP + STEPS[mode], d)).astype(np.float32)
         weights, _ = load_head_weights(deploy_dir)
         rows, medians = _latency_rows(cfg, weights, export_dir, features, mode)
-        notes = [f"D = {d}, H = {h}, C = {c}, horizon {horizon} snippets; per-snippet step = head + causal "
-                 f"post-processing; {STEPS[mode]} incremental and {BASELINE_STEPS[mode]} recompute steps timed "
-                 "after the horizon filled; speedup = recompute median / incremental median of the same runtime."]
+        notes = [f"D = {d}, H = {h}, C = {c}, horizon {horizon} snippets, {COLUMNS_PER_SNIPPET} head columns per "
+                 "snippet (stream.columns_per_snippet of a THUMOS14 training run); step = one source snippet "
+                 f"through head + causal post-processing; {STEPS[mode]} incremental and {BASELINE_STEPS[mode]} "
+                 "recompute steps timed after the horizon filled; speedup = recompute median / incremental "
+                 "median of the same runtime."]
         notes += _memory_notes(deploy_dir, cfg, d, mode, Path(tmp))
         notes += _parity_notes()
         log.debug("stream bench medians: %s", medians)
@@ -85,7 +94,8 @@ def _make_artifacts(folder: Path, d: int, h: int, c: int) -> tuple[Path, Path | 
     except ImportError:
         raise MissingDependencyError("torch", "writing the benchmark's model", "pip install 'ecm-edge[train]'") \
             from None
-    cfg = load_config("thumos14", [f"data.feature_dim={d}", f"model.hidden_dim={h}", f"model.num_classes={c}"])
+    cfg = load_config("thumos14", [f"data.feature_dim={d}", f"model.hidden_dim={h}", f"model.num_classes={c}",
+                                   f"stream.columns_per_snippet={COLUMNS_PER_SNIPPET}"])  # as training records it
     torch.manual_seed(0)
     deploy_dir = folder / "run"
     save_deploy(ECM(ECMDims.from_config(cfg)).eval(), [f"class{i}" for i in range(c)], cfg, deploy_dir)
@@ -109,8 +119,9 @@ def _onnx_runner(export_dir: Path) -> BackendRunner:
 # -- latency -----------------------------------------------------------------------------------------------------
 def _latency_rows(cfg: Config, weights: Any, export_dir: Path | None, features: np.ndarray,
                   mode: str) -> tuple[list[list[object]], dict[str, float]]:
-    horizon, c = cfg.stream.horizon, weights.num_classes
+    horizon, c, rate = cfg.stream.horizon, weights.num_classes, COLUMNS_PER_SNIPPET
     names = [f"class{i}" for i in range(c)]
+    params = OnlineParams.from_config(cfg, rate)
     runtimes: list[tuple[str, StreamingHead, Callable[[np.ndarray], np.ndarray]]] = [
         ("numpy", ColumnHead(weights), lambda x: full_cas(weights, x))]
     if export_dir is not None:
@@ -118,10 +129,10 @@ def _latency_rows(cfg: Config, weights: Any, export_dir: Path | None, features: 
         runtimes.append(("onnxruntime", WindowHead(runner, weights.feature_dim, c), runner.full_cas))
     rows, medians = [], {}
     for name, head, full_pass in runtimes:
-        incremental = incremental_latencies(head, OnlinePostProcessor(OnlineParams.from_config(cfg), names),
-                                            features, skip=horizon + WARMUP)
-        recompute = recompute_latencies(full_pass, OnlinePostProcessor(OnlineParams.from_config(cfg), names),
-                                        features, horizon, steps=BASELINE_STEPS[mode])
+        incremental = incremental_latencies(head, OnlinePostProcessor(params, names), features,
+                                            skip=horizon + WARMUP, rate=rate)
+        recompute = recompute_latencies(full_pass, OnlinePostProcessor(params, names), features, horizon,
+                                        steps=BASELINE_STEPS[mode], rate=rate)
         inc_ms, rec_ms = incremental * 1e3, recompute * 1e3
         speedup = float(np.median(rec_ms) / np.median(inc_ms))
         head_kind = "one column per layer" if name == "numpy" else "5-snippet window (streaming graph)"
@@ -134,16 +145,18 @@ def _latency_rows(cfg: Config, weights: Any, export_dir: Path | None, features: 
 
 
 def incremental_latencies(head: StreamingHead, post: OnlinePostProcessor, features: np.ndarray,
-                          skip: int) -> np.ndarray:
-    """Seconds per snippet of ``head.push`` + post-processing, timed after the first ``skip`` snippets."""
+                          skip: int, rate: float = 1.0) -> np.ndarray:
+    """Seconds per source snippet of resampling to ``rate`` columns, ``head.push`` and post-processing, timed
+    after the first ``skip`` snippets."""
     times = []
-    step, done = 0.64, 0
+    resampler, column_seconds, done = ColumnResampler(rate), SNIPPET_SECONDS / rate, 0
     for t, row in enumerate(features):
         began = time.perf_counter()
-        cas = head.push(row[None])
+        columns = resampler.plan([t * SNIPPET_SECONDS], [(t + 1) * SNIPPET_SECONDS])
+        cas = head.push(row[None][columns.snippet])
         if len(cas):
-            starts = (done + np.arange(len(cas))) * step
-            post.push(cas, starts, starts + step)
+            starts = (done + np.arange(len(cas))) * column_seconds
+            post.push(cas, starts, starts + column_seconds)
             done += len(cas)
         if t >= skip:
             times.append(time.perf_counter() - began)
@@ -151,15 +164,21 @@ def incremental_latencies(head: StreamingHead, post: OnlinePostProcessor, featur
 
 
 def recompute_latencies(full_pass: Callable[[np.ndarray], np.ndarray], post: OnlinePostProcessor,
-                        features: np.ndarray, horizon: int, steps: int) -> np.ndarray:
-    """Seconds per snippet when every step reruns the offline pass over the last ``horizon`` snippets and keeps
-    the column that became final (two before the newest; exact, as it never sees the window's padding)."""
+                        features: np.ndarray, horizon: int, steps: int, rate: float = 1.0) -> np.ndarray:
+    """Seconds per source snippet when every step reruns the offline pass over the columns of the last
+    ``horizon`` snippets and keeps the columns that became final (two before the newest; exact, as they never
+    see the window's padding)."""
+    snippet_of = ColumnResampler(rate).plan(list(range(len(features))), list(range(1, len(features) + 1))).snippet
+    columns = features[snippet_of]
+    column_seconds = SNIPPET_SECONDS / rate
     times = []
-    step = 0.64
     for t in range(horizon, horizon + steps):
         began = time.perf_counter()
-        cas = full_pass(features[t - horizon + 1: t + 1])[-3:-2]
-        post.push(cas, [(t - 2) * step], [(t - 1) * step])
+        first, end = np.searchsorted(snippet_of, [t - horizon + 1, t + 1])
+        new = int(np.searchsorted(snippet_of, t + 1) - np.searchsorted(snippet_of, t))
+        cas = full_pass(columns[first:end])[-2 - new:-2]
+        starts = (end - 2 - new + np.arange(new)) * column_seconds
+        post.push(cas, starts, starts + column_seconds)
         times.append(time.perf_counter() - began)
     return np.asarray(times)
 
@@ -239,18 +258,20 @@ def _parity_notes() -> list[str]:
     if not checkpoint or not data:
         return ["parity (stream vs offline mAP@0.5): set ECM_EDGE_BENCH_CHECKPOINT (a training run) and "
                 "ECM_EDGE_BENCH_DATA (its dataset) to measure it here; `python -m pytest -m slow "
-                "tests/test_stream_parity.py` trains a small model and measures it"]
+                "tests/test_stream_parity.py` trains a thumos14_lite model on the THUMOS14-like preset and "
+                "measures it"]
     result = measure_parity(checkpoint, data)
     return [f"parity on {result['videos']} test videos of {data}: mAP@{PARITY_IOU} offline "
-            f"{result['offline']:.4f}, streamed {result['stream']:.4f} (relative difference "
-            f"{result['relative']:.1%}); average mAP offline {result['offline_average']:.4f}, streamed "
+            f"{result['offline']:.4f}, streamed {result['stream']:.4f} ({result['relative']:+.1%} relative); "
+            f"average mAP offline {result['offline_average']:.4f}, streamed "
             f"{result['stream_average']:.4f}"]
 
 
 def measure_parity(checkpoint: str | Path, data_dir: str | Path, split: str = "test",
                    overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """mAP@0.5 of the offline pipeline and of the stream (each test video replayed snippet by snippet, as
-    ``ecm-edge stream --features``, then flushed) on the same checkpoint and features."""
+    ``ecm-edge stream --features``, then flushed) on the same checkpoint and features; ``relative`` is
+    (stream − offline) / offline."""
     from ecm_edge.data.dataset import VideoDataset
     from ecm_edge.evaluation import evaluate_detections
     from ecm_edge.runtime.localizer import Localizer
@@ -273,7 +294,7 @@ def measure_parity(checkpoint: str | Path, data_dir: str | Path, split: str = "t
     offline_eval = evaluate_detections(offline, ground_truth, iou)
     stream_eval = evaluate_detections(streamed, ground_truth, iou)
     offline_map, stream_map = offline_eval.map[at], stream_eval.map[at]
-    relative = abs(stream_map - offline_map) / offline_map if offline_map > 0 else float("inf")
+    relative = (stream_map - offline_map) / offline_map if offline_map > 0 else float("inf")
     return {"offline": offline_map, "stream": stream_map, "relative": relative, "videos": len(dataset.video_ids),
             "offline_average": offline_eval.average, "stream_average": stream_eval.average,
             "stream_segments": sum(len(v) for v in streamed.values()),

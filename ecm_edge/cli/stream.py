@@ -90,7 +90,8 @@ def stream(ctx: click.Context, camera: int | None, video: Path | None, url: str 
         localizer.close()
         raise
     click.echo(f"stream: {source.description} → {localizer.backend} head from {artifacts}, "
-               f"{len(localizer.class_names)} classes; events to {'stdout' if out == '-' else out}"
+               f"{len(localizer.class_names)} classes, {localizer.resampler.rate:g} columns per snippet; "
+               f"events to {'stdout' if out == '-' else out}"
                f"{f' and {webhook}' if webhook else ''}", err=True)
     with _graceful_stop() as stop:
         stop.actions.append(source.close)  # a blocked read returns once the source is closed

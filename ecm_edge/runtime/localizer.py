@@ -52,6 +52,7 @@ from ecm_edge.runtime.head import (
     load_head_weights,
 )
 from ecm_edge.runtime.online import OnlineParams, OnlinePostProcessor
+from ecm_edge.runtime.resample import ColumnResampler, columns_per_snippet
 from ecm_edge.runtime.sinks import CallbackSink, EventDispatcher, Sink
 
 log = logging.getLogger("ecm_edge")
@@ -68,7 +69,8 @@ class Localizer:
             raise ConfigError(f"{len(class_names)} class names for a head with {head.num_classes} classes")
         self.head, self.class_names, self.config, self.backend = head, list(class_names), config, backend
         self.snippet_seconds = config.data.snippet_seconds
-        self.post = OnlinePostProcessor(OnlineParams.from_config(config), self.class_names)
+        self.resampler = ColumnResampler(columns_per_snippet(config))
+        self.post = OnlinePostProcessor(OnlineParams.from_config(config, self.resampler.rate), self.class_names)
         self.dispatcher = EventDispatcher(sinks, config.stream.event_queue)
         self.stats = ev.StepStats()
         self.dropped_frames = 0  # set by whoever reads the source (the CLI does); reported in `stats`
@@ -76,7 +78,7 @@ class Localizer:
         self._extractor: Any = None
         self._assembler: Any = None
         self._lock = threading.RLock()
-        self._pending_times: deque[tuple[float, float]] = deque()  # snippets whose CAS is not final yet
+        self._pending_times: deque[tuple[float, float]] = deque()  # columns whose CAS is not final yet
         self._last_end: float | None = None  # source time where the newest snippet ends
         self._clock = 0.0  # source time where the next feature snippet starts when no time is given
         self._frame_index = 0
@@ -179,6 +181,7 @@ class Localizer:
                                 None if now is None else [now] * len(cas), weights=self._head_weights())
         events += self.post.flush(now)
         self._pending_times.clear()
+        self.resampler.reset()
         self._last_end = None
         return events
 
@@ -223,13 +226,14 @@ class Localizer:
     def _process(self, features: np.ndarray, starts: Sequence[float], ends: Sequence[float],
                  frames: int) -> list[ev.Event]:
         began = time.perf_counter()
-        cas = self.head.push(features)
-        self._pending_times.extend(zip(starts, ends, strict=True))
+        columns = self.resampler.plan(starts, ends)
+        cas = self.head.push(features[columns.snippet])
+        self._pending_times.extend(zip(columns.starts, columns.ends, strict=True))
         times = [self._pending_times.popleft() for _ in range(len(cas))]
-        # the columns completed by this push were completed by its last snippets, one each (at the start of a
-        # window head, two by one snippet): latencies count from those snippets' ends
+        # the columns completed by this push were completed by its last columns, one each (at the start of a
+        # window head, two by one column): latencies count from the ends of those columns' snippets
         m = len(cas)
-        nows = list(ends[len(ends) - m:]) if m <= len(ends) else [ends[-1]] * m
+        nows = columns.arrivals[len(columns) - m:] if m <= len(columns) else [ends[-1]] * m
         self._last_end = ends[-1]
         events = self.post.push(cas, [t[0] for t in times], [t[1] for t in times], nows, weights=self._head_weights())
         self.stats.record((time.perf_counter() - began) / len(features), len(features), frames)

@@ -2,7 +2,7 @@
 
 The offline post-processing (§5) looks at the whole video; a stream only has the past. The causal replacements:
 
-- **Video scores**: softmax of the per-class top-k mean over the last ``stream.horizon`` CAS columns, with
+- **Video scores**: softmax of the per-class top-k mean over the last ``horizon`` CAS columns, with
   ``k = int(r · n)`` for the ``n`` columns in the horizon (r = ``model.topk_ratio``). The network learned its
   top-k pooling as the top fraction r of a whole clip (k = T_fixed · r of T_fixed resampled snippets); the
   horizon plays the clip's part, so the fraction, not the count, carries over. (A fixed k = T_fixed · r clipped
@@ -23,13 +23,14 @@ The offline post-processing (§5) looks at the whole video; a stream only has th
   transition-weight column W with W's running min/max; ``fused`` averages the two normalized columns and
   normalizes that mean once more with its own running min/max over the horizon (the offline kernels' step 1 on
   the fused row). The video scores always come from the CAS.
-- **Warm-up**: in the first ``stream.warmup`` snippets of a stream the video scores and the normalization rest
-  on a few columns and pass spurious candidates; candidates that are ready by then wait (they are not dropped)
-  and are judged with the scores of snippet ``warmup``. A flush judges everything left with the last scores.
+- **Warm-up**: in the first ``warmup`` columns of a stream the video scores and the normalization rest on a
+  few columns and pass spurious candidates; candidates that are ready by then wait (they are not dropped) and
+  are judged with the scores of column ``warmup``. A flush judges everything left with the last scores.
 
-Everything works at snippet resolution: a segment covers the source times of its first and last snippets.
-Outer windows reach back at most ``stream.horizon`` columns (the retained history); only segments longer than
-``horizon / (1 + 2λ)`` snippets see a truncated outer window. The ``ecm`` mode's index-0 quirk depends on the
+Everything works at column resolution: a segment covers the source times of its first and last columns. The
+columns are the head's (``ecm_edge.runtime.resample``: ρ per source snippet, so ``horizon`` and ``warmup`` here
+count columns). Outer windows reach back at most ``horizon`` columns (the retained history); only segments
+longer than ``horizon / (1 + 2λ)`` columns see a truncated outer window. The ``ecm`` mode's index-0 quirk depends on the
 whole row and has no causal equivalent; ``stream.mode`` selects the IoU convention only.
 """
 
@@ -58,16 +59,20 @@ class OnlineParams:
     convention) plus the horizon, k of the top-k and whether to send early alerts."""
 
     post: PostParams
-    horizon: int  # snippets of history for video scores, normalization and outer windows
+    horizon: int  # columns of history for video scores, normalization and outer windows
     topk_ratio: float  # r: the video score averages the top int(r · n) of the n columns in the horizon
-    warmup: int = 0  # snippets seen before the first emission
+    warmup: int = 0  # columns seen before the first emission
     emit_open: bool = False
     score_source: str = "cas"  # "cas" | "weights" | "fused" (ecm_edge.kernels.sources)
 
     @classmethod
-    def from_config(cls, cfg: Config) -> OnlineParams:
+    def from_config(cls, cfg: Config, columns_per_snippet: float = 1.0) -> OnlineParams:
+        """The config's parameters for a head that delivers ``columns_per_snippet`` columns per source snippet
+        (``ecm_edge.runtime.resample``): ``stream.horizon`` and ``stream.warmup`` count source snippets, so
+        they cover the same stretch of time at any rate."""
         post = PostParams.from_config(cfg.post).replace(mode=cfg.stream.mode)
-        return cls(post, horizon=cfg.stream.horizon, topk_ratio=cfg.model.topk_ratio, warmup=cfg.stream.warmup,
+        return cls(post, horizon=max(1, round(cfg.stream.horizon * columns_per_snippet)),
+                   topk_ratio=cfg.model.topk_ratio, warmup=round(cfg.stream.warmup * columns_per_snippet),
                    emit_open=cfg.stream.emit_open, score_source=check_score_source(cfg.post.score_source))
 
 
@@ -76,7 +81,7 @@ class CausalScorer:
 
     def __init__(self, num_classes: int, horizon: int, topk_ratio: float, score_source: str = "cas"):
         if horizon < 1:
-            raise ConfigError(f"stream.horizon must be at least 1 snippet, got {horizon}")
+            raise ConfigError(f"stream.horizon must be at least 1 column, got {horizon}")
         if not 0 < topk_ratio <= 1:
             raise ConfigError(f"model.topk_ratio must be in (0, 1], got {topk_ratio}")
         self.horizon, self.topk_ratio = horizon, topk_ratio
@@ -126,7 +131,7 @@ def _normalize_column(window: np.ndarray, column: np.ndarray) -> np.ndarray:
 class _Candidate:
     class_id: int
     threshold: int  # index into the activation thresholds
-    first: int  # snippet index of the first and last column
+    first: int  # index of the first and last column
     last: int
     inner_sum: float
     start: float  # source time of the first column's start and the last column's end
@@ -160,7 +165,7 @@ class SegmentTracker:
 
     def update(self, normalized: np.ndarray, video_scores: np.ndarray, start: float, end: float,
                now: float | None = None) -> list[ev.Event]:
-        """Add the next normalized column (with its snippet's source times); return the events it completes.
+        """Add the next normalized column (with its source times); return the events it completes.
 
         ``now`` is the source time of the newest snippet (later than ``end`` by the head's delay); segment
         latencies are measured against it.
@@ -278,7 +283,7 @@ class OnlinePostProcessor:
 
     def push(self, cas: np.ndarray, starts: Sequence[float], ends: Sequence[float],
              nows: Sequence[float] | None = None, weights: np.ndarray | None = None) -> list[ev.Event]:
-        """CAS columns ``[M, C]`` (final, in order) with each column's snippet start/end time and, for latencies,
+        """CAS columns ``[M, C]`` (final, in order) with each column's start/end source time and, for latencies,
         the source time at which each column became final (default: its own end); ``weights`` ``[M, C]``: their
         transition weights, needed when ``post.score_source`` is ``weights`` or ``fused``."""
         events: list[ev.Event] = []
