@@ -17,7 +17,8 @@ def config_options(default: str | None = "thumos14") -> Callable[[Callable[..., 
         fn = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
                           help="Override a config value (repeatable), e.g. --set train.epochs=10.")(fn)
         fn = click.option("--config", "config_name", default=default, show_default=True, metavar="NAME|PATH",
-                          help="Shipped config name (thumos14, activitynet12, activitynet13, small) or YAML path.")(fn)
+                          help="Shipped config name (thumos14, thumos14_lite, activitynet12, activitynet13, "
+                               "small, demo) or YAML path.")(fn)
         return fn
 
     return decorate
