@@ -7,6 +7,7 @@ A part is a function ``run(quick: bool) -> BenchSection`` in a module of this pa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # part name -> (module, function). Add a part by adding a line here.
 PARTS: dict[str, tuple[str, str]] = {
@@ -42,3 +43,14 @@ def _fmt(value: object) -> str:
             return f"{value:.4g}" if abs(value) < 10 else f"{value:,.1f}"
         return f"{value:.3g}"
     return str(value)
+
+
+def describe_dataset(data_dir: str | Path) -> str:
+    """How a report names a dataset: its ``ecm-edge synth`` preset when it has one, never a machine path."""
+    import json
+
+    try:
+        settings = json.loads((Path(data_dir) / "synth.json").read_text())["settings"]
+        return f"the synthetic {settings['preset']} preset (seed {settings['seed']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "the given dataset"

@@ -15,7 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ecm_edge.bench import BenchSection
+from ecm_edge.bench import BenchSection, describe_dataset
 from ecm_edge.kernels.sources import SCORE_SOURCES
 
 log = logging.getLogger("ecm_edge")
@@ -28,7 +28,7 @@ SEED = 0
 def run(quick: bool) -> BenchSection:
     checkpoint, data = os.environ.get(CHECKPOINT_ENV), os.environ.get(DATA_ENV)
     if checkpoint and data:
-        return _section(Path(checkpoint), Path(data), "given checkpoint")
+        return _section(Path(checkpoint), Path(data), f"given by {CHECKPOINT_ENV}")
     with tempfile.TemporaryDirectory(prefix="ecm-edge-bench-sources-") as tmp:
         data_dir, run_dir, how = _train_checkpoint(Path(tmp), quick)
         return _section(run_dir, data_dir, how)
@@ -65,8 +65,8 @@ def _section(checkpoint: Path, data_dir: Path, how: str) -> BenchSection:
     ious = list(results["cas"].iou)
     rows = [[source] + [round(100 * float(m), 2) for m in r.map] + [round(100 * float(r.average), 2)]
             for source, r in results.items()]
-    notes = [f"{raw.num_videos} synthetic test videos ({data_dir.name}), one checkpoint ({how}), raw predictions "
-             "computed once; mAP in %; video scores (class filter, γ) are softmax(score_pre) for every source."]
+    notes = [f"{raw.num_videos} test videos of {describe_dataset(data_dir)}, one checkpoint ({how}; config "
+             f"{cfg.name}), raw predictions computed once; mAP in %; video scores (class filter, γ) are softmax(score_pre) for every source."]
     notes += [_comparison(source, results[source], results["cas"]) for source in SCORE_SOURCES if source != "cas"]
     return BenchSection("Score sources: mAP (%) of CAS vs transition weights vs fused",
                         ["source"] + [f"{t:.1f}" for t in ious] + ["avg"], rows, notes)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ecm_edge.bench import BenchSection
+from ecm_edge.bench import BenchSection, describe_dataset
 from ecm_edge.config import Config, load_config
 from ecm_edge.errors import MissingDependencyError
 from ecm_edge.runtime.head import (
@@ -261,7 +261,8 @@ def _parity_notes() -> list[str]:
                 "tests/test_stream_parity.py` trains a thumos14_lite model on the THUMOS14-like preset and "
                 "measures it"]
     result = measure_parity(checkpoint, data)
-    return [f"parity on {result['videos']} test videos of {data}: mAP@{PARITY_IOU} offline "
+    return [f"parity on {result['videos']} test videos of {describe_dataset(data)} ({result['config']} config, "
+            f"{result['columns_per_snippet']:g} columns per snippet): mAP@{PARITY_IOU} offline "
             f"{result['offline']:.4f}, streamed {result['stream']:.4f} ({result['relative']:+.1%} relative); "
             f"average mAP offline {result['offline_average']:.4f}, streamed "
             f"{result['stream_average']:.4f}"]
@@ -289,6 +290,7 @@ def measure_parity(checkpoint: str | Path, data_dir: str | Path, split: str = "t
         streamed[video_id] = [{"label": e["label"], "score": e["score"], "segment": [e["start"], e["end"]]}
                               for e in events if e["type"] == "segment"]
     localizer.close()
+    rate = localizer.resampler.rate
     iou = sorted({PARITY_IOU, *cfg.eval.iou_thresholds})
     at = iou.index(PARITY_IOU)
     offline_eval = evaluate_detections(offline, ground_truth, iou)
@@ -296,6 +298,7 @@ def measure_parity(checkpoint: str | Path, data_dir: str | Path, split: str = "t
     offline_map, stream_map = offline_eval.map[at], stream_eval.map[at]
     relative = (stream_map - offline_map) / offline_map if offline_map > 0 else float("inf")
     return {"offline": offline_map, "stream": stream_map, "relative": relative, "videos": len(dataset.video_ids),
+            "config": cfg.name, "columns_per_snippet": rate,
             "offline_average": offline_eval.average, "stream_average": stream_eval.average,
             "stream_segments": sum(len(v) for v in streamed.values()),
             "offline_segments": sum(len(v) for v in offline.values())}
