@@ -19,7 +19,9 @@
   exported graphs run by ONNX Runtime or TensorRT (``backend="onnxruntime"`` / ``"tensorrt"``; ``auto`` picks
   what the machine has), one 5-snippet window per snippet (:class:`~ecm_edge.runtime.head.WindowHead`).
 
-Class names and the config (thresholds, horizon) come from the folder; ``config=`` / ``overrides=`` refine them.
+Class names and the config (thresholds, horizon, the rate ``stream.columns_per_snippet`` at which snippets are
+resampled for the head, ``ecm_edge.runtime.resample``) come from the folder; ``config=`` / ``overrides=`` refine
+them.
 
 Every ``push_*`` returns the events it produced and also hands them to the sinks and callbacks through a writer
 thread; ``flush()`` returns once every sink has seen them. All methods are thread-safe (one lock around the
