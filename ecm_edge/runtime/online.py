@@ -30,8 +30,8 @@ The offline post-processing (§5) looks at the whole video; a stream only has th
 Everything works at column resolution: a segment covers the source times of its first and last columns. The
 columns are the head's (``ecm_edge.runtime.resample``: ρ per source snippet, so ``horizon`` and ``warmup`` here
 count columns). Outer windows reach back at most ``horizon`` columns (the retained history); only segments
-longer than ``horizon / (1 + 2λ)`` columns see a truncated outer window. The ``ecm`` mode's index-0 quirk depends on the
-whole row and has no causal equivalent; ``stream.mode`` selects the IoU convention only.
+longer than ``horizon / (1 + 2λ)`` columns see a truncated outer window. The ``ecm`` mode's index-0 quirk
+depends on the whole row and has no causal equivalent; ``stream.mode`` selects the IoU convention only.
 """
 
 from __future__ import annotations
