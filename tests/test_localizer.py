@@ -128,6 +128,23 @@ def test_resampled_stream_equals_offline_cas_of_the_resampled_features(rate, dep
     assert any(e["type"] == "segment" for e in events)
 
 
+def test_auto_rate_is_the_one_the_artifacts_record(tmp_path):
+    """`auto` (the shipped configs) keeps the training rate a run folder records; a number overrides it."""
+    pytest.importorskip("torch")
+    from ecm_edge.train.deploy import save_deploy
+    from ecm_edge.train.model import ECM, ECMDims
+
+    cfg = load_config("small", [f"data.feature_dim={D}", f"model.hidden_dim={H}", f"model.num_classes={C}",
+                                "stream.columns_per_snippet=2.5"])
+    save_deploy(ECM(ECMDims.from_config(cfg)).eval(), CLASSES, cfg, tmp_path)
+    assert Localizer.from_artifacts(tmp_path).resampler.rate == 2.5
+    given = load_config("small")
+    assert Localizer.from_artifacts(tmp_path, config=given).resampler.rate == 2.5
+    assert given.stream.columns_per_snippet == "auto", "the caller's config must not change"
+    assert Localizer.from_artifacts(tmp_path, config="small", overrides=["stream.columns_per_snippet=1"]
+                                    ).resampler.rate == 1.0
+
+
 def test_chunking_does_not_change_the_events(deploy_dir, features):
     folder, _ = deploy_dir
     one = Localizer.from_artifacts(folder, overrides=OVERRIDES)

@@ -32,6 +32,7 @@ whose snippet times continue after the last one.
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import logging
 import threading
@@ -54,7 +55,7 @@ from ecm_edge.runtime.head import (
     load_head_weights,
 )
 from ecm_edge.runtime.online import OnlineParams, OnlinePostProcessor
-from ecm_edge.runtime.resample import ColumnResampler, columns_per_snippet
+from ecm_edge.runtime.resample import AUTO, ColumnResampler, columns_per_snippet, parse_columns_per_snippet
 from ecm_edge.runtime.sinks import CallbackSink, EventDispatcher, Sink
 
 log = logging.getLogger("ecm_edge")
@@ -379,7 +380,7 @@ def _exported_config(manifest: Any, folder: Path) -> dict[str, Any] | None:
 def _resolve_config(stored: dict[str, Any] | None, config: Config | str | Path | None, overrides: Sequence[str],
                     folder: Path) -> Config:
     if isinstance(config, Config):
-        cfg = config
+        cfg = copy.deepcopy(config)  # overrides and the recorded rate must not change the caller's object
     elif config is not None:
         cfg = load_config(config)
     elif stored is not None:
@@ -389,7 +390,18 @@ def _resolve_config(stored: dict[str, Any] | None, config: Config | str | Path |
         cfg = load_config(None)
     for item in overrides:
         apply_override(cfg, item)
+    _keep_training_rate(cfg, stored)
     return cfg
+
+
+def _keep_training_rate(cfg: Config, stored: dict[str, Any] | None) -> None:
+    """``stream.columns_per_snippet: auto`` means the rate the network was trained at: the one the artifacts
+    record, also when another config (``--config thumos14``) supplies the rest."""
+    if parse_columns_per_snippet(cfg.stream.columns_per_snippet) is not None or stored is None:
+        return
+    recorded = stored.get("stream", {}).get("columns_per_snippet", AUTO)
+    if parse_columns_per_snippet(recorded) is not None:
+        cfg.stream.columns_per_snippet = str(recorded)
 
 
 def _check_feature_dim(cfg: Config, head: StreamingHead, folder: Path) -> None:
