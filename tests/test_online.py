@@ -204,3 +204,52 @@ def test_warmup_holds_early_segments_without_dropping_them():
     short = run_tracker(SegmentTracker(params(act_thresholds=(0.5,), warmup=30), ["x"]), rows[:20],
                         np.ones(1, np.float32))
     assert [t for t, _ in short] == [20]  # a stream shorter than the warm-up: judged at the flush
+
+
+def warmup_cas() -> np.ndarray:
+    """One class: a faint ramp over columns 1–3, the real action over 6–8, all inside a 10-column warm-up."""
+    cas = np.zeros((40, 1), np.float32)
+    cas[:4, 0] = [0.05, 0.1, 0.2, 0.3]
+    cas[6:9, 0] = 2.0
+    return cas
+
+
+@pytest.mark.parametrize("warmup", [10, 12])
+def test_warmup_columns_are_normalized_together(warmup):
+    """Normalized one by one, the ramp would be stretched by the min/max of its own few columns to 1 and
+    become a segment; held back and normalized with the whole warm-up's statistics it stays faint."""
+    cas = warmup_cas()
+    starts = np.arange(len(cas)) * STEP
+    post = OnlinePostProcessor(params(act_thresholds=(0.5,), warmup=warmup), ["x"])
+    early = post.push(cas[:warmup - 1], starts[:warmup - 1], starts[:warmup - 1] + STEP)
+    assert early == []  # nothing before the warm-up's last column
+    events = early + post.push(cas[warmup - 1:], starts[warmup - 1:], starts[warmup - 1:] + STEP) + post.flush()
+    assert [(e["start"], e["end"]) for e in events] == [(pytest.approx(6 * STEP), pytest.approx(9 * STEP))]
+
+    scorer = CausalScorer(1, horizon=1000, topk_ratio=0.125)
+    one_by_one = np.concatenate([scorer.push(column)[1] for column in cas[:4]])
+    assert one_by_one[1:].min() == pytest.approx(1.0)  # what the warm-up avoids
+
+
+def test_a_stream_shorter_than_the_warmup_is_normalized_at_the_flush():
+    cas = warmup_cas()[:9]
+    starts = np.arange(len(cas)) * STEP
+    post = OnlinePostProcessor(params(act_thresholds=(0.5,), warmup=30), ["x"])
+    assert post.push(cas, starts, starts + STEP) == []
+    events = post.flush()
+    assert [(e["start"], e["end"]) for e in events] == [(pytest.approx(6 * STEP), pytest.approx(9 * STEP))]
+
+
+def test_scorer_pushes_a_batch_like_columns_normalized_at_the_end():
+    rng = np.random.default_rng(4)
+    cas = rng.normal(size=(20, 3)).astype(np.float32)
+    one, many = CausalScorer(3, 8, 0.25), CausalScorer(3, 8, 0.25)
+    for column in cas[:-1]:
+        one.push(column)
+    scores_one, last = one.push(cas[-1])
+    scores_many, batch = many.push(cas)
+    np.testing.assert_allclose(scores_many, scores_one, rtol=1e-6)
+    np.testing.assert_allclose(batch[-1], last, rtol=1e-6)
+    window = cas[-8:]  # the horizon after the batch: every column is normalized with its statistics
+    high, low = np.maximum(window.max(0), 0), np.maximum(window.min(0), 0)
+    np.testing.assert_allclose(batch, (cas - low) / np.where(high > low, high - low, 1.0), rtol=1e-5, atol=1e-6)

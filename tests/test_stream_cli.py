@@ -66,7 +66,10 @@ def test_features_to_stdout_jsonl(deploy_dir, features_file):
     events = events_of(done.stdout)
     assert events and {e["type"] for e in events} == {"segment"}
     localizer = Localizer.from_artifacts(deploy_dir, overrides=["post.class_threshold=0.0"])
-    expected = [e for row in np.load(features_file) for e in localizer.push_features(row)] + localizer.flush()
+    expected = []
+    for i, row in enumerate(np.load(features_file)):  # with the replay source's snippet times
+        expected += localizer.push_features(row, start_time=i * 0.64, end_times=[i * 0.64 + 0.64])
+    expected += localizer.flush()
     localizer.close()
     assert without_wall_clock(events) == without_wall_clock(expected)
     assert "120 snippets" in done.stderr

@@ -23,9 +23,12 @@ The offline post-processing (§5) looks at the whole video; a stream only has th
   transition-weight column W with W's running min/max; ``fused`` averages the two normalized columns and
   normalizes that mean once more with its own running min/max over the horizon (the offline kernels' step 1 on
   the fused row). The video scores always come from the CAS.
-- **Warm-up**: in the first ``warmup`` columns of a stream the video scores and the normalization rest on a
-  few columns and pass spurious candidates; candidates that are ready by then wait (they are not dropped) and
-  are judged with the scores of column ``warmup``. A flush judges everything left with the last scores.
+- **Warm-up**: the first ``warmup`` columns of a stream are held back and normalized together with the
+  statistics of all of them once the last has arrived (one at a time, the first columns would be stretched by
+  the min/max of a handful and pass spurious candidates); their candidates are judged with the video scores of
+  column ``warmup``. Nothing is emitted before. A flush releases a shorter stream's columns the same way and
+  judges everything left with the last scores. (Measured on two THUMOS14-like checkpoints: mAP@0.5 of the
+  stream +4.6 and +1.8 points over normalizing each warm-up column on arrival; README, Streaming.)
 
 Everything works at column resolution: a segment covers the source times of its first and last columns. The
 columns are the head's (``ecm_edge.runtime.resample``: ρ per source snippet, so ``horizon`` and ``warmup`` here
@@ -94,33 +97,47 @@ class CausalScorer:
     def reset(self) -> None:
         self._seen = 0
 
-    def push(self, cas_column: np.ndarray, weight_column: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Add one CAS column ``[C]`` (and its transition weights ``[C]``, needed unless the source is ``cas``);
-        return (video scores ``[C]``, the score column normalized ``[C]``)."""
-        slot, filled = self._seen % self.horizon, min(self._seen + 1, self.horizon)
-        self._ring[slot] = cas_column
-        self._seen += 1
+    def push(self, cas_columns: np.ndarray, weight_columns: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Add CAS columns ``[M, C]`` (and their transition weights ``[M, C]``, needed unless the source is
+        ``cas``); return (video scores ``[C]`` after the last, the score columns ``[M, C]`` normalized with the
+        running statistics after the last). One column at a time (``[C]`` in, ``[C]`` out) is the stream;
+        several at once are the warm-up, normalized together once it is complete."""
+        if np.ndim(cas_columns) == 1:
+            scores, normalized = self.push(cas_columns[None], None if weight_columns is None else weight_columns[None])
+            return scores, normalized[0]
+        slots = (self._seen + np.arange(len(cas_columns))) % self.horizon
+        self._write(self._ring, slots, cas_columns)
+        self._seen += len(cas_columns)
+        filled = min(self._seen, self.horizon)
         window = self._ring[:filled]
         k = max(1, int(self.topk_ratio * len(window)))
         top_mean = np.partition(window, len(window) - k, axis=0)[len(window) - k:].mean(axis=0)
         scores = np.exp(top_mean - top_mean.max())
         scores /= scores.sum()
-        normalized = _normalize_column(window, cas_column)
+        normalized = _normalize_column(window, cas_columns)
         if self.score_source == "cas":
             return scores, normalized
-        if weight_column is None:
+        if weight_columns is None:
             raise EcmEdgeError(f"stream score source {self.score_source!r} needs the transition weights of every "
                                "column; the head gives none")
-        self._weights[slot] = weight_column
-        normalized_w = _normalize_column(self._weights[:filled], weight_column)
+        self._write(self._weights, slots, weight_columns)
+        normalized_w = _normalize_column(self._weights[:filled], weight_columns)
         if self.score_source == "weights":
             return scores, normalized_w
-        self._fused[slot] = 0.5 * (normalized + normalized_w)
-        return scores, _normalize_column(self._fused[:filled], self._fused[slot])
+        fused = 0.5 * (normalized + normalized_w)
+        self._write(self._fused, slots, fused)
+        return scores, _normalize_column(self._fused[:filled], fused)
+
+    @staticmethod
+    def _write(ring: np.ndarray, slots: np.ndarray, columns: np.ndarray) -> None:
+        """Store columns at their ring slots, in order (with more columns than slots the newest stay)."""
+        for slot, column in zip(slots, columns, strict=True):
+            ring[slot] = column
 
 
 def _normalize_column(window: np.ndarray, column: np.ndarray) -> np.ndarray:
-    """``column`` normalized with the running ``relu(max)`` / ``relu(min)`` of ``window`` per class (Δ ≤ 0 → 1)."""
+    """``column`` (``[C]`` or ``[M, C]``) normalized with the running ``relu(max)`` / ``relu(min)`` of ``window``
+    per class (Δ ≤ 0 → 1)."""
     high, low = np.maximum(window.max(axis=0), 0), np.maximum(window.min(axis=0), 0)
     delta = high - low
     delta[delta <= 0] = 1.0
@@ -280,6 +297,8 @@ class OnlinePostProcessor:
         self.scorer = CausalScorer(len(class_names), params.horizon, params.topk_ratio, params.score_source)
         self.tracker = SegmentTracker(params, class_names)
         self._last_scores: np.ndarray | None = None
+        self._held: list[tuple[np.ndarray, np.ndarray | None, float, float, float]] = []  # warm-up columns
+        self._columns = 0  # columns of the current stream
 
     def push(self, cas: np.ndarray, starts: Sequence[float], ends: Sequence[float],
              nows: Sequence[float] | None = None, weights: np.ndarray | None = None) -> list[ev.Event]:
@@ -290,6 +309,12 @@ class OnlinePostProcessor:
         nows = ends if nows is None else nows
         columns = [None] * len(cas) if weights is None else weights
         for column, w, start, end, now in zip(cas, columns, starts, ends, nows, strict=True):
+            self._columns += 1
+            if self._columns <= self.params.warmup:
+                self._held.append((column, w, float(start), float(end), float(now)))
+                if self._columns == self.params.warmup:
+                    events += self._release_held()
+                continue
             scores, normalized = self.scorer.push(column, w)
             self._last_scores = scores
             events += self.tracker.update(normalized, scores, float(start), float(end), float(now))
@@ -297,7 +322,23 @@ class OnlinePostProcessor:
 
     def flush(self, now: float | None = None) -> list[ev.Event]:
         """End of stream: emit what the remaining candidates give and start afresh."""
-        events = self.tracker.flush(self._last_scores, now)
+        events = self._release_held()
+        events += self.tracker.flush(self._last_scores, now)
         self.scorer.reset()
         self._last_scores = None
+        self._columns = 0
+        return events
+
+    def _release_held(self) -> list[ev.Event]:
+        """The warm-up's columns, normalized together with the statistics of all of them, to the tracker."""
+        if not self._held:
+            return []
+        cas = np.stack([held[0] for held in self._held])
+        weights = None if self._held[0][1] is None else np.stack([held[1] for held in self._held])
+        scores, normalized = self.scorer.push(cas, weights)
+        self._last_scores = scores
+        events: list[ev.Event] = []
+        for values, (_, _, start, end, now) in zip(normalized, self._held, strict=True):
+            events += self.tracker.update(values, scores, start, end, now)
+        self._held = []
         return events
