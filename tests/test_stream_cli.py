@@ -144,6 +144,30 @@ def test_ctrl_c_flushes_open_segments_and_exits_0(deploy_dir, tmp_path):
     assert any(abs(e["end"] - (last_index + 1) * 0.01) < 1e-6 for e in events)
 
 
+def test_a_stop_request_never_waits_on_a_lock_the_interrupted_thread_holds():
+    from ecm_edge.cli.stream import _graceful_stop
+
+    # the signal handler runs on the main thread wherever it was interrupted, e.g. inside the source's
+    # Event.wait holding that event's lock; an action run inside the handler would wait on itself
+    held_by_main = threading.Lock()
+    acquired = []
+
+    def close_source() -> None:
+        acquired.append(held_by_main.acquire(timeout=2.0))
+        if acquired[-1]:
+            held_by_main.release()
+
+    with _graceful_stop() as stop:
+        stop.actions.append(close_source)
+        with held_by_main:
+            stop(signal.SIGINT, None)
+            assert stop.requested.is_set()
+        deadline = time.monotonic() + 10.0
+        while not acquired and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert acquired == [True]
+
+
 def test_webhook_receiver_down_spools_every_event(deploy_dir, features_file, tmp_path):
     import socket
 

@@ -160,16 +160,37 @@ def _progress(total: int | None) -> tqdm:
 
 
 class _Stop:
-    """A stop request (Ctrl-C, SIGTERM) and what to do then: close the source so a blocked read returns."""
+    """A stop request (Ctrl-C, SIGTERM) and what to do then: close the source so a blocked read returns.
+
+    The signal handler only raises the flag; the actions run on a watcher thread. Run inside the handler, they
+    could deadlock: the handler interrupts the main thread wherever it is, possibly holding the very lock an
+    action needs (the source's stop event while ``read`` waits on it).
+    """
 
     def __init__(self) -> None:
         self.requested = threading.Event()
         self.actions: list[Callable[[], None]] = []
+        self._finished = False
+        self._watcher = threading.Thread(target=self._act_on_request, name="ecm-edge-stop", daemon=True)
 
     def __call__(self, signum: int, frame: object) -> None:
         if self.requested.is_set():  # a second Ctrl-C: stop at once, without flushing
             raise KeyboardInterrupt
+        self.requested.set()  # only the watcher ever holds this event's lock, and only briefly
+
+    def watch(self) -> None:
+        self._watcher.start()
+
+    def finish(self) -> None:
+        """The loop is over: release the watcher without running the actions."""
+        self._finished = True
         self.requested.set()
+        self._watcher.join()
+
+    def _act_on_request(self) -> None:
+        self.requested.wait()
+        if self._finished:
+            return
         for action in self.actions:
             action()
 
@@ -181,9 +202,11 @@ def _graceful_stop() -> Iterator[_Stop]:
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
+    stop.watch()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield stop
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        stop.finish()
