@@ -200,6 +200,7 @@ class VideoSource:
         self._buffer: _FrameBuffer | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._closing = threading.Lock()  # close() may come from a stop-request thread and the owner at once
         self._clock_origin = 0.0
         self._last_timestamp = -np.inf
 
@@ -243,17 +244,18 @@ class VideoSource:
                 raise TimeoutError(f"no frame from {self.description} within {timeout:g} s")
 
     def close(self) -> None:
-        """Stop the reader thread and release the capture (idempotent)."""
+        """Stop the reader thread and release the capture (idempotent, thread-safe)."""
         self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=self.config.read_timeout_s + self.config.open_timeout_s + 1.0)
-            if thread.is_alive():  # stuck inside OpenCV; releasing under it could crash, so leave it to exit
-                logger.warning("%s: reader thread did not stop in time; leaving it to finish", self.description)
-                return
-        if self._capture is not None:
-            self._capture.release()
-            self._capture = None
+        with self._closing:
+            thread, self._thread = self._thread, None
+            if thread is not None:
+                thread.join(timeout=self.config.read_timeout_s + self.config.open_timeout_s + 1.0)
+                if thread.is_alive():  # stuck inside OpenCV; releasing under it could crash, so leave it to exit
+                    logger.warning("%s: reader thread did not stop in time; leaving it to finish", self.description)
+                    return
+            if self._capture is not None:
+                self._capture.release()
+                self._capture = None
 
     def __enter__(self) -> VideoSource:
         self.open()
