@@ -82,41 +82,14 @@ class DemoSummary:
         return sum(s.seconds for s in self.stages)
 
 
-@dataclass
 class _Paths:
-    root: Path
+    """Where each stage writes, under the demo's folder."""
 
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def train(self) -> Path:
-        return self.root / "train"
-
-    @property
-    def eval(self) -> Path:
-        return self.root / "eval"
-
-    @property
-    def export(self) -> Path:
-        return self.root / "export"
-
-    @property
-    def stream(self) -> Path:
-        return self.root / "stream"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report.md"
-
-    @property
-    def timeline(self) -> Path:
-        return self.root / "timeline.png"
-
-    @property
-    def state(self) -> Path:
-        return self.root / STATE_NAME
+    def __init__(self, root: Path):
+        self.root = root
+        self.data, self.train, self.eval = root / "data", root / "train", root / "eval"
+        self.export, self.stream = root / "export", root / "stream"
+        self.report, self.timeline, self.state = root / "report.md", root / "timeline.png", root / STATE_NAME
 
 
 EventCallback = Callable[[dict[str, Any]], None]

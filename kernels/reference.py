@@ -37,11 +37,17 @@ def normalize_rows(cas: np.ndarray) -> np.ndarray:
     """Step 1 of DESIGN.md §5 along the last axis: ``(cas − relu(min)) / (relu(max) − relu(min))`` in float64,
     the divisor replaced by 1 when ≤ 0. The one implementation; the score sources and the plots use it too."""
     cas = np.asarray(cas, dtype=np.float64)
-    max_plus = np.maximum(cas.max(axis=-1), 0.0)
-    min_plus = np.maximum(cas.min(axis=-1), 0.0)
-    delta = max_plus - min_plus
+    return stretch_like(cas, cas)
+
+
+def stretch_like(values: np.ndarray, reference: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``values`` normalized with step 1's statistics of ``reference`` along ``axis`` (relu of its min and max;
+    divisor 1 when ≤ 0). The streaming runtime normalizes new columns with those of its horizon this way."""
+    high = np.maximum(reference.max(axis=axis, keepdims=True), 0.0)
+    low = np.maximum(reference.min(axis=axis, keepdims=True), 0.0)
+    delta = high - low
     delta[delta <= 0] = 1.0
-    return (cas - min_plus[..., None]) / delta[..., None]
+    return (values - low) / delta
 
 
 def interpolate_row(row: np.ndarray, num_frames: int) -> np.ndarray:

@@ -3,7 +3,6 @@ and the parity measurement's own pieces on a tiny trained model (fast)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +25,11 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(run folder, dataset): ECM_EDGE_BENCH_CHECKPOINT / ECM_EDGE_BENCH_DATA, or the `thumos14` synthetic
     preset with the `thumos14_lite` config trained here."""
     pytest.importorskip("torch")
-    if os.environ.get("ECM_EDGE_BENCH_CHECKPOINT") and os.environ.get("ECM_EDGE_BENCH_DATA"):
-        return Path(os.environ["ECM_EDGE_BENCH_CHECKPOINT"]), Path(os.environ["ECM_EDGE_BENCH_DATA"])
+    from ecm_edge.bench import trained_run_from_env
+
+    given = trained_run_from_env()
+    if given is not None:
+        return given
     root = tmp_path_factory.mktemp("parity")
     data, runs = root / "data", root / "runs"
     ecm_edge("synth", "--preset", "thumos14", "-o", str(data))

@@ -6,6 +6,7 @@ A part is a function ``run(quick: bool) -> BenchSection`` in a module of this pa
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,9 @@ PARTS: dict[str, tuple[str, str]] = {
     "extractors": ("ecm_edge.bench.extractors", "run"),
     "score_sources": ("ecm_edge.bench.score_sources", "run"),
 }
+
+# a trained run folder and its dataset, for the parts that measure a trained model instead of training one
+CHECKPOINT_ENV, CHECKPOINT_DATA_ENV = "ECM_EDGE_BENCH_CHECKPOINT", "ECM_EDGE_BENCH_DATA"
 
 
 @dataclass
@@ -54,3 +58,9 @@ def describe_dataset(data_dir: str | Path) -> str:
         return f"the synthetic {settings['preset']} preset (seed {settings['seed']})"
     except (OSError, ValueError, KeyError, TypeError):
         return "the given dataset"
+
+
+def trained_run_from_env() -> tuple[Path, Path] | None:
+    """(run folder, dataset) named by :data:`CHECKPOINT_ENV` and :data:`CHECKPOINT_DATA_ENV`, when both are set."""
+    checkpoint, data = os.environ.get(CHECKPOINT_ENV), os.environ.get(CHECKPOINT_DATA_ENV)
+    return (Path(checkpoint), Path(data)) if checkpoint and data else None

@@ -11,24 +11,22 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import tempfile
 from pathlib import Path
 
-from ecm_edge.bench import BenchSection, describe_dataset
+from ecm_edge.bench import CHECKPOINT_ENV, BenchSection, describe_dataset, trained_run_from_env
 from ecm_edge.kernels.sources import SCORE_SOURCES
 
 log = logging.getLogger("ecm_edge")
 
-CHECKPOINT_ENV, DATA_ENV = "ECM_EDGE_BENCH_CHECKPOINT", "ECM_EDGE_BENCH_DATA"
 QUICK = {"num_videos": 60, "epochs": 10}  # full: the preset's videos and the config's epochs
 SEED = 0
 
 
 def run(quick: bool) -> BenchSection:
-    checkpoint, data = os.environ.get(CHECKPOINT_ENV), os.environ.get(DATA_ENV)
-    if checkpoint and data:
-        return _section(Path(checkpoint), Path(data), f"given by {CHECKPOINT_ENV}")
+    given = trained_run_from_env()
+    if given is not None:
+        return _section(*given, f"given by {CHECKPOINT_ENV}")
     with tempfile.TemporaryDirectory(prefix="ecm-edge-bench-sources-") as tmp:
         data_dir, run_dir, how = _train_checkpoint(Path(tmp), quick)
         return _section(run_dir, data_dir, how)

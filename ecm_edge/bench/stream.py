@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from ecm_edge.bench import BenchSection, describe_dataset
+from ecm_edge.bench import (
+    CHECKPOINT_DATA_ENV,
+    CHECKPOINT_ENV,
+    BenchSection,
+    describe_dataset,
+    trained_run_from_env,
+)
 from ecm_edge.config import Config, load_config
 from ecm_edge.errors import MissingDependencyError
 from ecm_edge.runtime.head import (
@@ -42,7 +47,7 @@ from ecm_edge.runtime.head import (
     load_head_weights,
 )
 from ecm_edge.runtime.online import OnlineParams, OnlinePostProcessor
-from ecm_edge.runtime.resample import ColumnResampler
+from ecm_edge.runtime.resample import ColumnResampler, stream_indices
 
 log = logging.getLogger("ecm_edge")
 
@@ -169,7 +174,7 @@ def recompute_latencies(full_pass: Callable[[np.ndarray], np.ndarray], post: Onl
     """Seconds per source snippet when every step reruns the offline pass over the columns of the last
     ``horizon`` snippets and keeps the columns that became final (two before the newest; exact, as they never
     see the window's padding)."""
-    snippet_of = ColumnResampler(rate).plan(list(range(len(features))), list(range(1, len(features) + 1))).snippet
+    snippet_of = stream_indices(len(features), rate)
     columns = features[snippet_of]
     column_seconds = SNIPPET_SECONDS / rate
     times = []
@@ -255,12 +260,13 @@ def state_growth(artifacts: Path, d: int, snippets: int) -> tuple[int, int]:
 
 # -- parity ------------------------------------------------------------------------------------------------------
 def _parity_notes() -> list[str]:
-    checkpoint, data = os.environ.get("ECM_EDGE_BENCH_CHECKPOINT"), os.environ.get("ECM_EDGE_BENCH_DATA")
-    if not checkpoint or not data:
-        return ["parity (stream vs offline mAP@0.5): set ECM_EDGE_BENCH_CHECKPOINT (a training run) and "
-                "ECM_EDGE_BENCH_DATA (its dataset) to measure it here; `python -m pytest -m slow "
+    given = trained_run_from_env()
+    if given is None:
+        return [f"parity (stream vs offline mAP@0.5): set {CHECKPOINT_ENV} (a training run) and "
+                f"{CHECKPOINT_DATA_ENV} (its dataset) to measure it here; `python -m pytest -m slow "
                 "tests/test_stream_parity.py` trains a thumos14_lite model on the THUMOS14-like preset and "
                 "measures it"]
+    checkpoint, data = given
     result = measure_parity(checkpoint, data)
     return [f"parity on {result['videos']} test videos of {describe_dataset(data)} ({result['config']} config, "
             f"{result['columns_per_snippet']:g} columns per snippet): mAP@{PARITY_IOU} offline "
@@ -332,8 +338,7 @@ def offline_at_rate(checkpoint: str | Path, dataset: Any, cfg: Config, rate: flo
     videos_cas = []
     for video_id in ids:
         features = dataset.features(video_id)
-        snippet_of = ColumnResampler(rate).plan(range(len(features)), range(1, len(features) + 1)).snippet
-        videos_cas.append(full_cas(weights, features[snippet_of]))
+        videos_cas.append(full_cas(weights, features[stream_indices(len(features), rate)]))
     lengths = [len(c) for c in videos_cas]
     cas = np.zeros((len(ids), weights.num_classes, max(lengths)), np.float32)
     scores = np.zeros((len(ids), weights.num_classes), np.float32)

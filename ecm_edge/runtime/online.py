@@ -49,7 +49,7 @@ import numpy as np
 from ecm_edge.config import Config
 from ecm_edge.errors import ConfigError, EcmEdgeError
 from ecm_edge.kernels.params import PostParams
-from ecm_edge.kernels.reference import interval_iou
+from ecm_edge.kernels.reference import interval_iou, stretch_like
 from ecm_edge.kernels.sources import check_score_source
 from ecm_edge.runtime import events as ev
 
@@ -114,34 +114,25 @@ class CausalScorer:
         top_mean = np.partition(window, len(window) - k, axis=0)[len(window) - k:].mean(axis=0)
         scores = np.exp(top_mean - top_mean.max())
         scores /= scores.sum()
-        normalized = _normalize_column(window, cas_columns)
+        normalized = stretch_like(cas_columns, window, axis=0)
         if self.score_source == "cas":
             return scores, normalized
         if weight_columns is None:
             raise EcmEdgeError(f"stream score source {self.score_source!r} needs the transition weights of every "
                                "column; the head gives none")
         self._write(self._weights, slots, weight_columns)
-        normalized_w = _normalize_column(self._weights[:filled], weight_columns)
+        normalized_w = stretch_like(weight_columns, self._weights[:filled], axis=0)
         if self.score_source == "weights":
             return scores, normalized_w
         fused = 0.5 * (normalized + normalized_w)
         self._write(self._fused, slots, fused)
-        return scores, _normalize_column(self._fused[:filled], fused)
+        return scores, stretch_like(fused, self._fused[:filled], axis=0)
 
     @staticmethod
     def _write(ring: np.ndarray, slots: np.ndarray, columns: np.ndarray) -> None:
         """Store columns at their ring slots, in order (with more columns than slots the newest stay)."""
         for slot, column in zip(slots, columns, strict=True):
             ring[slot] = column
-
-
-def _normalize_column(window: np.ndarray, column: np.ndarray) -> np.ndarray:
-    """``column`` (``[C]`` or ``[M, C]``) normalized with the running ``relu(max)`` / ``relu(min)`` of ``window``
-    per class (Δ ≤ 0 → 1)."""
-    high, low = np.maximum(window.max(axis=0), 0), np.maximum(window.min(axis=0), 0)
-    delta = high - low
-    delta[delta <= 0] = 1.0
-    return (column - low) / delta
 
 
 @dataclass

@@ -70,6 +70,12 @@ def training_rate(lengths: Sequence[int] | np.ndarray, t_fixed: int) -> float:
     return float(np.median(t_fixed / lengths))
 
 
+def stream_indices(length: int, rate: float) -> np.ndarray:
+    """The snippet each head column reads when a whole ``length``-snippet video is streamed at ``rate``: the
+    causal counterpart of ``sample_indices`` (⌈length · rate⌉ columns)."""
+    return ColumnResampler(rate).plan(range(length), range(1, length + 1)).snippet
+
+
 @dataclass
 class ColumnPlan:
     """What the head gets for a batch of source snippets: per column, the snippet it reads (an index into the
