@@ -45,7 +45,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The ECM network (DESIGN.md §3)."""
+    """The ECM network (docs/design.md §3)."""
 
     hidden_dim: int = 2048  # H: channels of the shared temporal-convolution classifier Φ
     num_classes: int = 20  # C
@@ -78,7 +78,7 @@ class TrainConfig:
 
 @dataclass
 class PostConfig:
-    """Post-processing of the CAS into segments (DESIGN.md §5)."""
+    """Post-processing of the CAS into segments (docs/design.md §5)."""
 
     mode: str = "ecm"  # "ecm": bug-compatible with the published code; "clean": true IoU, no index-0 drop
     class_threshold: float = 0.25  # keep classes whose video score is at least this
@@ -126,7 +126,7 @@ class ExportConfig:
 
 @dataclass
 class StreamConfig:
-    """Streaming runtime (DESIGN.md §7)."""
+    """Streaming runtime (docs/design.md §7)."""
 
     horizon: int = 256  # snippets of history for causal video scores and normalization
     warmup: int = 32  # snippets a stream must have seen before its first segment is emitted (earlier ones wait)

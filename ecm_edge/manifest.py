@@ -1,4 +1,4 @@
-"""Sidecar manifests of exported artifacts (DESIGN.md §6): ``<artifact>.json`` beside every ONNX file and engine.
+"""Sidecar manifests of exported artifacts (docs/design.md §6): ``<artifact>.json`` beside every ONNX file and engine.
 
 A manifest says what an artifact is and what it needs: its sha256, precision, graph (``offline`` or
 ``streaming``), input/output names with symbolic shapes, class names, feature spec, the versions that built it

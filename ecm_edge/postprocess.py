@@ -1,4 +1,4 @@
-"""Turn a CAS into segments: the public post-processing API over the three kernel backends (DESIGN.md §5).
+"""Turn a CAS into segments: the public post-processing API over the three kernel backends (docs/design.md §5).
 
 ``localize`` handles one video, ``localize_batch`` many (ragged lengths allowed); both return the structured
 array of :data:`ecm_edge.kernels.DETECTION_DTYPE` ``(video, cls, start, end, score)``, ordered by video and by

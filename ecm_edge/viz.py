@@ -4,7 +4,7 @@
 shows, on one time axis in seconds, the ground-truth segments (dark bars), the detections (bars in the class
 colour, darker for higher scores, labelled with their score; overlapping detections are stacked in lanes) and,
 when raw predictions are given, the class activation sequence normalized exactly as post-processing does it
-(DESIGN.md §5 step 1), with the ground truth shaded behind it.
+(docs/design.md §5 step 1), with the ground truth shaded behind it.
 
 :func:`write_srt` writes the detections as SubRip subtitles, so a video player shows "HighJump 0.83" while the
 detected action plays.

@@ -1,7 +1,7 @@
-"""Post-processing kernels (DESIGN.md §5): a numpy reference, numba CPU and numba CUDA, one contract.
+"""Post-processing kernels (docs/design.md §5): a numpy reference, numba CPU and numba CUDA, one contract.
 
 Use them through :mod:`ecm_edge.postprocess` (``localize``, ``localize_batch``). The contract, per video and
-kept class, beyond DESIGN.md §5:
+kept class, beyond docs/design.md §5:
 
 - Arithmetic is float64 whatever the CAS dtype. Normalization comes first, on the T snippets of the row.
 - Interpolation to ``num_frames`` samples is exact half-pixel linear interpolation: sample j reads position

@@ -20,7 +20,7 @@ MAX_THRESHOLDS = 32767  # the compiled backends store, per frame, how many thres
 
 @dataclass(frozen=True, eq=False)
 class PostParams:
-    """What turns a CAS into segments (DESIGN.md §5), independent of the backend that runs it.
+    """What turns a CAS into segments (docs/design.md §5), independent of the backend that runs it.
 
     ``act_thresholds`` must be non-negative and strictly ascending: the compiled backends count, per frame, how
     many thresholds the frame passes, and rely on runs at a higher threshold nesting inside runs at a lower one.

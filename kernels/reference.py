@@ -34,7 +34,7 @@ def localize_reference(batch: VideoBatch, params: PostParams) -> np.ndarray:
 
 
 def normalize_rows(cas: np.ndarray) -> np.ndarray:
-    """Step 1 of DESIGN.md §5 along the last axis: ``(cas − relu(min)) / (relu(max) − relu(min))`` in float64,
+    """Step 1 of docs/design.md §5 along the last axis: ``(cas − relu(min)) / (relu(max) − relu(min))`` in float64,
     the divisor replaced by 1 when ≤ 0. The one implementation; the score sources and the plots use it too."""
     cas = np.asarray(cas, dtype=np.float64)
     return stretch_like(cas, cas)

@@ -1,4 +1,4 @@
-"""The package layout of DESIGN.md §2: tool folders live inside the ecm_edge namespace, nothing generic leaks."""
+"""The package layout of docs/design.md §2: tool folders live inside the ecm_edge namespace, nothing generic leaks."""
 
 from __future__ import annotations
 

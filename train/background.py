@@ -1,4 +1,4 @@
-"""The background branch of ECM's equivalent training strategy, batched (DESIGN.md §3).
+"""The background branch of ECM's equivalent training strategy, batched (docs/design.md §3).
 
 For every video b and every one of its ground-truth classes c, the published algorithm suppresses class c's
 foreground by scaling the input per snippet with ``1 − W[b, c]``, aggregates the result with the video's full

@@ -2,7 +2,7 @@
 
 The network part runs the pre-stream only (:meth:`ECM.export_forward`) on features resampled uniformly to
 ``T_fixed`` snippets, as the reference tests; the CAS then spans the whole video, and the post-processing
-(DESIGN.md §5) maps it back to time by interpolating to the video's frame count. The raw network outputs are
+(docs/design.md §5) maps it back to time by interpolating to the video's frame count. The raw network outputs are
 kept as :class:`~ecm_edge.rawpred.RawPredictions` so thresholds can be re-tuned without the network.
 """
 
@@ -153,7 +153,7 @@ class _LazyFiles(Sequence):
 
 def detections_from_raw(raw: RawPredictions, cfg: Config,
                         source_name: str = "these raw predictions") -> dict[str, list[dict[str, Any]]]:
-    """Post-process raw predictions (DESIGN.md §5) into an ActivityNet results mapping, thresholding the rows
+    """Post-process raw predictions (docs/design.md §5) into an ActivityNet results mapping, thresholding the rows
     ``cfg.post.score_source`` names."""
     from ecm_edge.evaluation import detections_to_results
     from ecm_edge.kernels.params import PostParams

@@ -1,4 +1,4 @@
-"""The four ECM losses (DESIGN.md §3) as functions of the model outputs and the video-level labels.
+"""The four ECM losses (docs/design.md §3) as functions of the model outputs and the video-level labels.
 
 ``L = L_pre + L_post + w_c2c · L_c2c + λ · L_a2c``:
 

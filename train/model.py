@@ -1,4 +1,4 @@
-"""The Equivalent Classification Mapping network (DESIGN.md §3).
+"""The Equivalent Classification Mapping network (docs/design.md §3).
 
 One shared temporal-convolution classifier Φ + bias-free classifier serves two streams:
 the pre-classification stream scores every snippet (the CAS) and pools the top-k into a video score; the

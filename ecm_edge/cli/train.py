@@ -44,7 +44,7 @@ SELECTION_METRIC = "map_avg"
 def train(ctx: click.Context, config_name: str, overrides: tuple[str, ...], data_dir: Path | None, name: str | None,
           project: str, device: str, resume: str | None, nproc: int, progress: bool | None,
           run_dir: Path | None) -> None:
-    """Train ECM (DESIGN.md §3) with Adam, evaluating mAP on held-out training videos every epoch.
+    """Train ECM (docs/design.md §3) with Adam, evaluating mAP on held-out training videos every epoch.
 
     \b
     Examples:

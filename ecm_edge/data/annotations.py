@@ -1,4 +1,4 @@
-"""Temporal annotations: ActivityNet-style JSON and the W-TALC "Thumos14reduced" numpy layout (DESIGN.md §4).
+"""Temporal annotations: ActivityNet-style JSON and the W-TALC "Thumos14reduced" numpy layout (docs/design.md §4).
 
 Both readers give the same in-memory form, :class:`Annotations`: per video its subset, optional duration and
 frame rate, and its segments (seconds) with class names. Segment bounds may be strings in the JSON files.

@@ -1,6 +1,6 @@
 """A dataset of snippet features with video-level labels: one split of a dataset directory.
 
-Layout (DESIGN.md §4)::
+Layout (docs/design.md §4)::
 
     DIR/gt.json              annotations (ActivityNet-style; or the W-TALC arrays in DIR)
     DIR/split_<split>.txt    the video ids of the split (else the annotations' subset of that name)

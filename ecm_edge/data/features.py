@@ -1,4 +1,4 @@
-"""Snippet feature files: the three on-disk layouts, layout detection and validation (DESIGN.md §4).
+"""Snippet feature files: the three on-disk layouts, layout detection and validation (docs/design.md §4).
 
 A video's features are one ``[T, D]`` float32 array, one row per 0.64 s snippet. They are stored as
 

@@ -1,4 +1,4 @@
-"""Feature extractors: snippets of frames in, one feature vector per snippet out (DESIGN.md §7).
+"""Feature extractors: snippets of frames in, one feature vector per snippet out (docs/design.md §7).
 
 One registry serves ``ecm-edge extract`` (offline features for training) and ``ecm-edge stream``, and both go
 through :func:`iter_source_features` (source → :class:`SnippetAssembler` → extractor), so training and

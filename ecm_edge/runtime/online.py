@@ -1,4 +1,4 @@
-"""Causal post-processing: CAS columns in, final segments out (DESIGN.md §7).
+"""Causal post-processing: CAS columns in, final segments out (docs/design.md §7).
 
 The offline post-processing (§5) looks at the whole video; a stream only has the past. The causal replacements:
 

@@ -1,4 +1,4 @@
-"""Snippet assembly: frames at any rate in, 16-frame snippets at 25 fps out (DESIGN.md §4, §7).
+"""Snippet assembly: frames at any rate in, 16-frame snippets at 25 fps out (docs/design.md §4, §7).
 
 The output is a regular 25 fps grid that starts at the first frame's timestamp; each grid slot takes the source
 frame nearest to it in time (ties go to the earlier frame), so a 30 fps source skips one frame in six and a

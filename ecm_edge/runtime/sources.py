@@ -1,4 +1,4 @@
-"""Where frames come from: cameras, video files, RTSP/HTTP URLs, and replayed feature files (DESIGN.md §7).
+"""Where frames come from: cameras, video files, RTSP/HTTP URLs, and replayed feature files (docs/design.md §7).
 
 Every frame source has one threading model: a reader thread pulls frames from OpenCV into a small buffer and
 the caller's thread takes them with :meth:`read`. The buffer's policy is the one switch between the two ways
