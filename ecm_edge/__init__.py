@@ -4,12 +4,7 @@ The runtime part of this package (data formats, evaluation, post-processing, str
 ``ecm_edge.train`` and ``ecm_edge.export`` do.
 """
 
-from importlib import metadata as _metadata
-
-try:
-    __version__ = _metadata.version("ecm-edge")
-except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+from ecm_edge.version import __version__
 
 __all__ = ["Localizer", "__version__"]
 

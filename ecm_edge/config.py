@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ecm_edge.architecture import DROPOUT, LEAKY_SLOPE, STREAM_WINDOW, topk_count
 from ecm_edge.errors import ConfigError
 from ecm_edge.io import atomic_write_text
 
@@ -50,8 +52,8 @@ class ModelConfig:
     hidden_dim: int = 2048  # H: channels of the shared temporal-convolution classifier Φ
     num_classes: int = 20  # C
     topk_ratio: float = 0.125  # r: top-k = int(T_fixed · r) snippets form the video score
-    dropout: float = 0.5  # after the second convolution of Φ
-    leaky_slope: float = 0.01  # LeakyReLU negative slope
+    dropout: float = DROPOUT  # after the second convolution of Φ
+    leaky_slope: float = LEAKY_SLOPE  # LeakyReLU negative slope
     normalize_aggregation: bool = False  # divide the post-stream sums by ΣW (not in the paper; off in paper configs)
 
 
@@ -117,7 +119,7 @@ class ExportConfig:
     max_batch: int = 1
     workspace_mb: int = 1024  # TensorRT builder workspace limit
     stream_opt_window: int = 5  # TensorRT profile of the streaming graph's window W (snippets): opt ...
-    stream_max_window: int = 64  # ... and max (min is 5, the receptive field); larger W catches up after a stall
+    stream_max_window: int = 64  # ... and max (min: the receptive field, 2·radius + 1); larger W catches up after a stall
     trt_strongly_typed: bool = True  # false: TensorRT 10 weakly typed build with FP16/INT8 flags (not on 11.x)
     calib_videos: int = 200  # at most this many videos for INT8 calibration
     calib_method: str = "percentile"  # activation range estimator: "minmax" | "percentile"
@@ -168,7 +170,7 @@ class Config:
     @property
     def topk(self) -> int:
         """k of the top-k video score, fixed from T_fixed and r as in the reference."""
-        return max(1, int(self.data.t_fixed * self.model.topk_ratio))
+        return topk_count(self.data.t_fixed, self.model.topk_ratio)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -183,19 +185,88 @@ class Config:
 
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config) if f.name != "name")
 
-# Keys whose value is one of a fixed set of words.
+POST_MODES: tuple[str, ...] = ("ecm", "clean")  # post.mode and stream.mode (docs/design.md §5)
+
+# Keys whose value is one of a fixed set of words: the one list of each; code that checks such a key reads it here.
 CHOICES: dict[str, tuple[str, ...]] = {
     "train.eval_split": ("val", "test"),
     "train.amp": ("off", "bf16", "fp16"),
-    "post.mode": ("ecm", "clean"),
+    "post.mode": POST_MODES,
     "post.time_base": ("fps", "duration"),
     "post.backend": ("auto", "numpy", "cpu", "cuda"),
     "post.score_source": ("cas", "weights", "fused"),
     "eval.protocol": ("activitynet", "thumos14"),
     "export.calib_method": ("minmax", "percentile"),
     "stream.frame_policy": ("auto", "latest", "all"),
-    "stream.mode": ("ecm", "clean"),
+    "stream.mode": POST_MODES,
 }
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key accepts: ``low`` / ``high`` bounds (None: unbounded), each closed or open."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def __str__(self) -> str:
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        closed_low = self.low is not None and not self.low_open
+        closed_high = self.high is not None and not self.high_open
+        return f"{'[' if closed_low else '('}{low}, {high}{']' if closed_high else ')'}"
+
+
+AT_LEAST_ONE = Range(1)
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, low_open=True)
+FRACTION = Range(0, 1)  # probabilities, thresholds on normalized scores, IoUs
+OPEN_FRACTION = Range(0, 1, high_open=True)
+
+# The range of every numeric key (each element of a list key), checked whenever a value is set; a test holds the
+# schema to it (a numeric key without a range fails it).
+RANGES: dict[str, Range] = {
+    "data.feature_dim": AT_LEAST_ONE, "data.t_fixed": AT_LEAST_ONE, "data.snippet_frames": AT_LEAST_ONE,
+    "data.feature_fps": POSITIVE, "data.default_fps": POSITIVE, "data.val_fraction": OPEN_FRACTION,
+    "data.val_seed": NON_NEGATIVE, "data.cache_mb": NON_NEGATIVE,
+    "model.hidden_dim": AT_LEAST_ONE, "model.num_classes": AT_LEAST_ONE,
+    "model.topk_ratio": Range(0, 1, low_open=True), "model.dropout": OPEN_FRACTION, "model.leaky_slope": FRACTION,
+    "train.epochs": AT_LEAST_ONE, "train.batch_size": AT_LEAST_ONE, "train.lr": POSITIVE,
+    "train.betas": OPEN_FRACTION, "train.weight_decay": NON_NEGATIVE, "train.lr_decay_epoch": NON_NEGATIVE,
+    "train.lr_decay_factor": POSITIVE, "train.seed": NON_NEGATIVE, "train.c2c_weight": NON_NEGATIVE,
+    "train.a2c_weight": NON_NEGATIVE, "train.eval_every": NON_NEGATIVE, "train.num_workers": NON_NEGATIVE,
+    "post.class_threshold": FRACTION, "post.act_thresh_start": FRACTION, "post.act_thresh_stop": FRACTION,
+    "post.act_thresh_step": Range(0, 1, low_open=True), "post.oic_lambda": NON_NEGATIVE,
+    "post.gamma": NON_NEGATIVE, "post.nms_iou": FRACTION,
+    "eval.iou_thresholds": Range(0, 1, low_open=True),
+    "export.opset": Range(13), "export.min_t": AT_LEAST_ONE, "export.opt_t": AT_LEAST_ONE,
+    "export.max_t": AT_LEAST_ONE, "export.max_batch": AT_LEAST_ONE, "export.workspace_mb": AT_LEAST_ONE,
+    "export.stream_opt_window": Range(STREAM_WINDOW), "export.stream_max_window": Range(STREAM_WINDOW),
+    "export.calib_videos": AT_LEAST_ONE, "export.calib_percentile": Range(0, 100, low_open=True),
+    "stream.horizon": AT_LEAST_ONE, "stream.warmup": NON_NEGATIVE, "stream.reconnect_initial_s": POSITIVE,
+    "stream.reconnect_max_s": POSITIVE, "stream.reconnect_attempts": NON_NEGATIVE,
+    "stream.open_timeout_s": POSITIVE, "stream.read_timeout_s": POSITIVE, "stream.queue_frames": AT_LEAST_ONE,
+    "stream.max_frame_gap_s": POSITIVE, "stream.stats_every_s": NON_NEGATIVE, "stream.event_queue": AT_LEAST_ONE,
+    "stream.webhook_timeout_s": POSITIVE, "stream.webhook_retries": AT_LEAST_ONE,
+    "stream.webhook_backoff_s": POSITIVE, "stream.webhook_backoff_max_s": POSITIVE,
+    "stream.webhook_queue": AT_LEAST_ONE,
+}
+
+# Pairs of keys whose values must be ordered (first ≤ second), checked once a config is complete.
+ORDERED: tuple[tuple[str, str], ...] = (
+    ("post.act_thresh_start", "post.act_thresh_stop"),
+    ("export.min_t", "export.opt_t"), ("export.opt_t", "export.max_t"),
+    ("export.stream_opt_window", "export.stream_max_window"),
+    ("stream.reconnect_initial_s", "stream.reconnect_max_s"),
+    ("stream.webhook_backoff_s", "stream.webhook_backoff_max_s"),
+)
 
 
 def shipped_config_names() -> list[str]:
@@ -213,7 +284,23 @@ def load_config(name_or_path: str | Path | None = "thumos14", overrides: typing.
         cfg.name = raw.get("name", name) if isinstance(raw.get("name"), str) else name
     for item in overrides:
         apply_override(cfg, item)
+    check_ordered(cfg, str(name_or_path) if name_or_path is not None else "defaults")
     return cfg
+
+
+def check_ordered(cfg: Config, source: str) -> None:
+    """The pairs of :data:`ORDERED` in order (a threshold range that is empty, a profile whose min exceeds its
+    max), one line naming both keys and values."""
+    for first, second in ORDERED:
+        low, high = _get(cfg, first), _get(cfg, second)
+        if low > high or (first == "post.act_thresh_start" and low == high):
+            raise ConfigError(f"{source}: {first} ({low:g}) must be {'below' if low == high else 'at most'} "
+                              f"{second} ({high:g})")
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    section, key = dotted.split(".", 1)
+    return getattr(getattr(cfg, section), key)
 
 
 def _read_config_source(name_or_path: str) -> tuple[dict[str, Any], str]:
@@ -250,6 +337,16 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
             raise ConfigError(f"{source}: section {section!r} must be a mapping")
         for key, value in values.items():
             _set_field(cfg, section, key, value, source)
+    return cfg
+
+
+def config_from_stored(raw: Mapping[str, Any], source: str) -> Config:
+    """The Config a run or an artifact recorded (``Config.to_dict()`` kept in a checkpoint or ``model.json``),
+    its name included; ``source`` names where it was read, for the messages of invalid keys or values."""
+    stored = dict(raw)
+    cfg = config_from_dict(stored, source=source)
+    cfg.name = str(stored.get("name", "custom"))
+    check_ordered(cfg, source)
     return cfg
 
 
@@ -291,6 +388,11 @@ def _set_field(cfg: Config, section: str, key: str, value: Any, source: str) -> 
     if choices is not None and value not in choices:
         raise ConfigError(f"{source}: {section}.{key} must be one of {', '.join(choices)}, got {value!r}"
                           f"{_did_you_mean(str(value), choices)}")
+    allowed = RANGES.get(f"{section}.{key}")
+    if allowed is not None:
+        for item in value if isinstance(value, list) else [value]:
+            if item not in allowed:
+                raise ConfigError(f"{source}: {section}.{key} must be in {allowed}, got {item!r}")
     setattr(target, key, value)
 
 

@@ -18,8 +18,8 @@ Semantics (those of ActivityNet's ``compute_average_precision_detection``):
   with ground truth but no prediction has AP 0. Detections of other known classes are not scored (counted in
   ``num_unscored``).
 
-Input checks: a detection needs ``label``, ``score`` and ``segment: [start, end]`` with finite numbers and
-end ≥ start. Detections of videos outside the evaluated ground truth, or with labels outside its class list,
+Input checks: a detection needs ``label``, ``score`` and ``segment: [start, end]`` with finite numbers,
+0 ≤ start ≤ end. Detections of videos outside the evaluated ground truth, or with labels outside its class list,
 are an error; with ``ignore_unknown`` they are dropped (not counted as false positives) and the drop is
 reported as a counted warning. Evaluated videos missing from the results are scored as all missed, with a
 warning, since that usually means the wrong subset.
@@ -263,12 +263,23 @@ def predictions_table(results: Mapping[str, Any], source: str = "predictions") -
         bad_label = next(i for i, label in enumerate(labels) if not isinstance(label, str))
         raise DataError(f"{source}: video {table.video_of(bad_label)!r}: 'label' must be a class name, "
                         f"got {labels[bad_label]!r}")
-    negative = np.flatnonzero(table.end < table.start)
+    _check_segments(table, source)
+    return table
+
+
+def _check_segments(table: PredictionTable, source: str) -> None:
+    """Segments must end at or after their start, and lie at or after 0 s (times are seconds into the video)."""
+    reversed_ = np.flatnonzero(table.end < table.start)
+    if reversed_.size:
+        i = reversed_[0]
+        raise DataError(f"{source}: video {table.video_of(i)!r} has a detection that ends before it starts "
+                        f"([{table.start[i]}, {table.end[i]}]); {reversed_.size} such detection(s) in all")
+    negative = np.flatnonzero(table.start < 0)
     if negative.size:
         i = negative[0]
-        raise DataError(f"{source}: video {table.video_of(i)!r} has a detection that ends before it starts "
-                        f"([{table.start[i]}, {table.end[i]}]); {negative.size} such detection(s) in all")
-    return table
+        raise DataError(f"{source}: video {table.video_of(i)!r} has a detection with a negative time "
+                        f"([{table.start[i]}, {table.end[i]}]); times are seconds from the start of the video, "
+                        f"so they must be >= 0; {negative.size} such detection(s) in all")
 
 
 def _raise_missing_keys(vid: str, dets: list[Any], source: str) -> None:

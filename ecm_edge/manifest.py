@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ecm_edge import __version__
+from ecm_edge.architecture import RECEPTIVE_RADIUS, STREAM_WINDOW
 from ecm_edge.environment import gpu_name_and_capability, package_version
 from ecm_edge.errors import CheckpointError
 from ecm_edge.io import atomic_write_json
+from ecm_edge.version import __version__
 
 MANIFEST_FORMAT = "ecm-edge/artifact"
 MANIFEST_VERSION = 1  # bump when the manifest layout or an exported graph's I/O contract changes
@@ -42,8 +43,7 @@ MIN_ONNXRUNTIME_FOR_OPSET: dict[int, str] = {13: "1.7", 14: "1.8", 15: "1.9", 16
 
 _DIM = re.compile(r"^(?P<name>[A-Za-z_]\w*)(?P<offset>[+-]\d+)?$")
 
-RECEPTIVE_RADIUS = 2  # the CAS of snippet t depends on snippets t−2 … t+2 (two k=3 convolutions)
-STREAM_MIN_WINDOW = 2 * RECEPTIVE_RADIUS + 1
+STREAM_MIN_WINDOW = STREAM_WINDOW  # the streaming graph's smallest window: one output column
 
 # The I/O contract of the exported graphs, in output order. "D" and "C" stand for the feature dimension and the
 # number of classes; other names are dynamic dimensions. A new output is one more line here (and in the graph).

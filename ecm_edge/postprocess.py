@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ecm_edge.config import CHOICES
 from ecm_edge.environment import cuda_gpu_visible, cuda_simulator_enabled
 from ecm_edge.errors import EcmEdgeError
 from ecm_edge.kernels.params import PostParams
@@ -28,7 +29,8 @@ from ecm_edge.kernels.validate import VideoBatch, is_device_array, prepare_batch
 
 logger = logging.getLogger("ecm_edge")
 
-# backend name -> (module, function taking (VideoBatch, PostParams[, stream])). Add a backend with one line.
+# backend name -> (module, function taking (VideoBatch, PostParams[, stream])). Add a backend with one line here
+# and its name to post.backend's CHOICES in ecm_edge.config (the names users may give: these and "auto").
 BACKENDS: dict[str, tuple[str, str]] = {
     "numpy": ("ecm_edge.kernels.reference", "localize_reference"),
     "cpu": ("ecm_edge.kernels.cpu", "localize_cpu"),
@@ -49,9 +51,10 @@ def resolve_backend(backend: str = "auto") -> str:
     if backend == "auto":
         return "cuda" if cuda_gpu_visible() else "cpu"
     if backend not in BACKENDS:
-        close = difflib.get_close_matches(backend, [*BACKENDS, "auto"], n=1)
+        choices = CHOICES["post.backend"]
+        close = difflib.get_close_matches(backend, choices, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise EcmEdgeError(f"unknown post-processing backend {backend!r}{hint}; choose auto, {', '.join(BACKENDS)}")
+        raise EcmEdgeError(f"unknown post-processing backend {backend!r}{hint}; choose {', '.join(choices)}")
     return backend
 
 

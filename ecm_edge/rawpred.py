@@ -9,6 +9,10 @@ tuned in seconds, without the network. One ``.npz`` file (no pickles) with the k
 - ``video_scores`` float [N, C]: softmax of the pre-stream score
 - ``num_frames`` int64 [N], ``fps`` float64 [N], ``duration`` float64 [N] (seconds)
 - optional ``weights`` float32 [N, C, Tmax]: the weight-transition module's foreground weights
+
+:func:`detections_from_raw` post-processes them (docs/design.md §5) into ActivityNet results: the one offline
+path from network outputs to detections, shared by ``predict``, ``eval``, ``postprocess``, the trainer's
+evaluation, the export's validation and the benchmarks. torch-free.
 """
 
 from __future__ import annotations
@@ -16,11 +20,15 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ecm_edge.errors import DataError
 from ecm_edge.io import atomic_path
+
+if TYPE_CHECKING:
+    from ecm_edge.config import Config
 
 REQUIRED_KEYS = ("video_ids", "cas", "lengths", "video_scores", "num_frames", "fps", "duration", "class_names")
 OPTIONAL_KEYS = ("weights",)
@@ -110,3 +118,20 @@ class RawPredictions:
                        weights=arrays.get("weights"))
         except DataError as exc:
             raise DataError(str(exc).replace("raw predictions", str(path), 1)) from None
+
+
+def detections_from_raw(raw: RawPredictions, cfg: Config, source_name: str = "these raw predictions", *,
+                        backend: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Post-process raw predictions (docs/design.md §5) with ``cfg.post`` into an ActivityNet results mapping
+    (every video an entry), thresholding the rows ``cfg.post.score_source`` names; ``backend`` (default
+    ``cfg.post.backend``) picks the post-processing kernels, ``source_name`` names the predictions in errors."""
+    # imported here so that reading and writing raw predictions never loads the kernels
+    from ecm_edge.evaluation import detections_to_results
+    from ecm_edge.kernels.params import PostParams
+    from ecm_edge.postprocess import localize_batch
+
+    dets = localize_batch(raw.cas, raw.video_scores, lengths=raw.lengths, num_frames=raw.num_frames,
+                          fps=raw.fps, duration=raw.duration, params=PostParams.from_config(cfg.post),
+                          backend=backend or cfg.post.backend, video_ids=raw.video_ids, weights=raw.weights,
+                          score_source=cfg.post.score_source, source_name=source_name)
+    return detections_to_results(dets, raw.video_ids, raw.class_names)

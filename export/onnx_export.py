@@ -4,7 +4,8 @@
 convolutions exactly as in training), ``video_scores [B, C]`` = softmax of the top-k mean of the CAS over time, and
 ``weights [B, T, C]`` = sigmoid(conv1x1(cas)), the weight-transition head's per-class foreground weights.
 B and T are dynamic. k is fixed at export from T_fixed · r, and clipped to T inside the graph
-(``Min(k, Shape(cas)[T])`` → ``TopK``), so clips shorter than k work as in :meth:`ECM.video_score`.
+(:func:`ecm_edge.architecture.clipped_topk` as ``Min(Shape(cas)[T], k)`` → ``TopK``), so clips shorter than k work
+as in :meth:`ECM.video_score`.
 
 **Streaming graph** (``<stem>.stream.onnx``): ``features [B, W, D]`` (a window of W ≥ 5 consecutive snippets) →
 ``cas [B, W − 4, C]`` and ``weights [B, W − 4, C]``: the CAS (and its transition weights) of the window's W − 4
@@ -12,7 +13,11 @@ centre columns, computed with valid padding and no top-k.
 Output column j is the CAS of window snippet j + 2; it equals the offline graph's column at the same position of
 the clip whenever that position is at least two snippets away from the clip's edges (the offline graph zero-pads
 the input and the hidden layer there). A streaming runtime feeds the last 5 snippets per new snippet and gets the
-one column that became final (the CAS of snippet t needs snippets t−2 … t+2).
+one column that became final (the CAS of snippet t needs snippets t−2 … t+2). The 2 and 5 are
+:data:`ecm_edge.architecture.RECEPTIVE_RADIUS` and :data:`~ecm_edge.architecture.STREAM_WINDOW`.
+
+The wrappers below only adapt the layout (``[B, T, D]`` in, ``[B, T, C]`` out) and the dynamic top-k; the layers
+themselves are :class:`ECM`'s (:meth:`ECM.class_activation`, :meth:`ECM.valid_class_activation`).
 
 Both graphs are exported with the TorchScript exporter (``dynamo=False``: the torch.export path needs
 ``onnxscript`` and gives the same graph here), simplified with onnxsim and checked with ``onnx.checker``; their
@@ -28,18 +33,18 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ecm_edge.architecture import STREAM_WINDOW, clipped_topk
 from ecm_edge.errors import MissingDependencyError
 from ecm_edge.io import atomic_path
-from ecm_edge.manifest import STREAM_MIN_WINDOW, graph_specs
-from ecm_edge.train.model import ECM
+from ecm_edge.manifest import graph_specs
+from ecm_edge.train.model import ECM, class_probabilities, topk_mean
 
 log = logging.getLogger("ecm_edge")
 
 DEFAULT_OPSET = 17  # accepted by TensorRT on JetPack 6
-TRACE_LENGTH = {"offline": 32, "streaming": STREAM_MIN_WINDOW + 4}  # example T / W used for tracing only
+TRACE_LENGTH = {"offline": 32, "streaming": STREAM_WINDOW + 4}  # example T / W used for tracing only
 
 
 class OfflineGraph(nn.Module):
@@ -52,10 +57,10 @@ class OfflineGraph(nn.Module):
         self.register_buffer("topk", torch.tensor(model.dims.topk, dtype=torch.int64), persistent=False)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        cas = self.model.classifier(self.model.embed(features.transpose(1, 2)))  # [B, C, T]
-        k = torch.minimum(torch._shape_as_tensor(cas)[2], self.topk)  # a graph value: T is dynamic
-        video_score = torch.topk(cas, k, dim=2).values.mean(dim=2)
-        outputs = (cas.transpose(1, 2), torch.softmax(video_score, dim=1))
+        cas = self.model.class_activation(features.transpose(1, 2))  # [B, C, T]
+        k = clipped_topk(self.topk, torch._shape_as_tensor(cas)[2], torch.minimum)  # a graph value: T is dynamic
+        video_score = topk_mean(cas, k)
+        outputs = (cas.transpose(1, 2), class_probabilities(video_score))
         if self.legacy:
             return outputs
         return (*outputs, self.model.transition_weights(cas).transpose(1, 2))
@@ -71,13 +76,10 @@ class StreamingGraph(nn.Module):
         self.legacy = legacy
 
     def forward(self, features: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        m = self.model
-        hidden = m.act(F.conv1d(features.transpose(1, 2), m.conv1.weight, m.conv1.bias))
-        hidden = m.act(F.conv1d(hidden, m.conv2.weight, m.conv2.bias))
-        cas = F.conv1d(hidden, m.classifier.weight)
+        cas = self.model.valid_class_activation(features.transpose(1, 2))  # [B, C, W − 2·RECEPTIVE_RADIUS]
         if self.legacy:
             return cas.transpose(1, 2)
-        return cas.transpose(1, 2), m.transition_weights(cas).transpose(1, 2)
+        return cas.transpose(1, 2), self.model.transition_weights(cas).transpose(1, 2)
 
 
 GRAPH_MODULES: dict[str, type[nn.Module]] = {"offline": OfflineGraph, "streaming": StreamingGraph}

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from ecm_edge.bench.timing import time_call
 from ecm_edge.config import Config
 from ecm_edge.data.dataset import VideoDataset, resample_features
 from ecm_edge.errors import DataError
 from ecm_edge.runtime.backends import BackendBase
+from ecm_edge.timing import time_call
 
 log = logging.getLogger("ecm_edge")
 
@@ -161,22 +161,21 @@ def evaluate_outputs(outputs: dict[str, np.ndarray], dataset: VideoDataset, clas
                      cfg: Config) -> Any:
     """Post-process offline outputs (``cas [N, T, C]``, ``video_scores [N, C]``, ``weights [N, T, C]`` when the
     artifact has them) with ``cfg.post.score_source`` and score them (EvalResult)."""
-    from ecm_edge.evaluation import detections_to_results, evaluate_detections
-    from ecm_edge.kernels.params import PostParams
-    from ecm_edge.postprocess import localize_batch
+    from ecm_edge.evaluation import evaluate_detections
+    from ecm_edge.rawpred import RawPredictions, detections_from_raw
 
     ids = list(dataset.video_ids)
     cas = np.ascontiguousarray(outputs["cas"].transpose(0, 2, 1), dtype=np.float32)
     weights = outputs.get("weights")
     if weights is not None:
         weights = np.ascontiguousarray(weights.transpose(0, 2, 1), dtype=np.float32)
-    dets = localize_batch(cas, outputs["video_scores"].astype(np.float32), weights=weights,
-                          score_source=cfg.post.score_source,
-                          num_frames=np.asarray([dataset.num_frames(v) for v in ids], dtype=np.int64),
-                          fps=np.asarray([dataset.fps(v) for v in ids], dtype=np.float64),
-                          duration=np.asarray([dataset.duration(v) for v in ids], dtype=np.float64),
-                          params=PostParams.from_config(cfg.post), backend=cfg.post.backend, video_ids=ids)
-    results = detections_to_results(dets, ids, list(class_names))
+    raw = RawPredictions(video_ids=ids, cas=cas, lengths=np.full(len(ids), cas.shape[2], dtype=np.int64),
+                         video_scores=outputs["video_scores"].astype(np.float32),
+                         num_frames=np.asarray([dataset.num_frames(v) for v in ids], dtype=np.int64),
+                         fps=np.asarray([dataset.fps(v) for v in ids], dtype=np.float64),
+                         duration=np.asarray([dataset.duration(v) for v in ids], dtype=np.float64),
+                         class_names=list(class_names), weights=weights)
+    results = detections_from_raw(raw, cfg, source_name="the model")
     return evaluate_detections(results, dataset.annotations, cfg.eval.iou_thresholds)
 
 

@@ -3,12 +3,16 @@
 Use them through :mod:`ecm_edge.postprocess` (``localize``, ``localize_batch``). The contract, per video and
 kept class, beyond docs/design.md §5:
 
-- Arithmetic is float64 whatever the CAS dtype. Normalization comes first, on the T snippets of the row.
-- Interpolation to ``num_frames`` samples is exact half-pixel linear interpolation: sample j reads position
-  ``(j + 0.5) · (T / num_frames) − 0.5`` clamped to ``[0, T − 1]``, value ``a · (1 − f) + b · f``, each
-  operation rounded once (no fused multiply-add). OpenCV's ``cv2.resize`` (INTER_LINEAR) has the same
-  geometry but rounds the position to float32, so it differs by up to about ``T · 2⁻²⁴`` times the largest
-  step between neighbouring snippets. The input row of this stage is any ``[T]`` score array.
+- Arithmetic is float64 whatever the CAS dtype (OpenCV's float32 interpolation of ``ecm`` mode aside).
+  Normalization comes first, on the T snippets of the row.
+- Interpolation to ``num_frames`` samples has half-pixel geometry: sample j reads position
+  ``(j + 0.5) · step − 0.5``, clamped to ``[0, T − 1]``, value ``a · (1 − f) + b · f``, each operation rounded
+  once (no fused multiply-add). ``clean``: exact, in float64, with ``step = T / num_frames``. ``ecm``: what the
+  published code's ``cv2.resize`` (INTER_LINEAR) computes on a float32 row, bit for bit: the normalized row
+  rounded to float32 (saturating), ``step = 1 / (num_frames / T)``, the position rounded to float32, the
+  weights and the value computed in float32 (``reference.interpolate_opencv``). The two differ on rare frames
+  whose float64 position lies just below a whole number that float32 rounds it to. The input row of this stage
+  is any ``[T]`` score array.
 - A frame is in a run at threshold θ when its value is ``≥ θ`` and ``> 0``; thresholds are non-negative and
   strictly ascending.
 - A proposal's outer window is ``[max(0, int(s − λ·len)), s − 1] ∪ [e + 1, min(num_frames, int(e + λ·len)) − 1]``

@@ -20,9 +20,16 @@ two passes per pair:
    thresholded row is non-zero only on other runs of the same threshold, so its mass there is the sum of their
    overlaps: prefix-sum differences, read from the runs, or from Q at a clipped window edge.
 
-The work per pair is O(T + frames in threshold-crossing segments + runs), not O(num_frames · thresholds), and
-no thresholded copy of a row is ever made. Each pass runs over the pairs with ``prange`` when there are enough
-of them (``*_parallel``), else on the calling thread (``*_serial``).
+In ``ecm`` mode the row is interpolated as ``cv2.resize`` does a float32 row (``PostParams.opencv_interpolation``;
+``ecm_edge.kernels.reference.interpolate_opencv``): the normalized row is rounded to float32, positions are rounded
+to float32, and each sample is computed in float32. Its values are not an affine function of the frame, so Q
+inside a segment is summed frame by frame there instead of in closed form; the level profile is found as above,
+with a float32 rounding margin.
+
+The work per pair is O(T + frames in threshold-crossing segments + runs), not O(num_frames · thresholds) (in
+``ecm`` mode also O(frames with a positive value)), and no thresholded copy of a row is ever made. Each pass runs
+over the pairs with ``prange`` when there are enough of them (``*_parallel``), else on the calling thread
+(``*_serial``).
 """
 
 from __future__ import annotations
@@ -34,11 +41,13 @@ from numba import njit, prange
 
 from ecm_edge.kernels.detections import RANK_SCALE, empty_detections, pack_detections
 from ecm_edge.kernels.params import PostParams
+from ecm_edge.kernels.reference import float32_row
 from ecm_edge.kernels.validate import VideoBatch, kept_pairs
 
 # A segment's interpolated values lie within this many machine epsilons times (|a| + |b|) of the range of its
-# snippet values a, b (the rounding bound is 2); no threshold outside that range can split the segment's level.
-ROUNDING_MARGIN = 4.0 * np.finfo(np.float64).eps
+# snippet values a, b (the rounding bound is 2 in float64, 4 in float32: OpenCV's weights need not sum to 1); no
+# threshold outside that range can split the segment's level. Indexed by PostParams.opencv_interpolation.
+ROUNDING_MARGIN = (4.0 * np.finfo(np.float64).eps, 8.0 * np.finfo(np.float32).eps)
 # Relative slack of the NMS search window, far above float64 rounding of second values.
 WINDOW_SLACK = 1e-9
 # Below this many (video, class) pairs a call runs on one thread: waking the thread pool costs more than it saves.
@@ -66,9 +75,13 @@ def localize_cpu(batch: VideoBatch, params: PostParams) -> np.ndarray:
     counts = np.zeros((num_pairs, thresholds.size), dtype=np.int64)
     parallel = num_pairs >= PARALLEL_MIN_PAIRS
     pass_one = build_profiles_parallel if parallel else build_profiles_serial
+    opencv = params.opencv_interpolation
     normalize_rows(batch.cas, batch.lengths, pair_video, pair_class, row_offsets, rows)
-    pass_one(batch.num_frames, pair_video, thresholds, params.ecm_mode, row_offsets, segment_offsets, piece_offsets,
-             rows, segment_first, segment_mass, piece_start, piece_level, piece_mass, piece_count, counts)
+    if opencv:
+        rows[:] = float32_row(rows)  # the float32 row that cv2.resize receives, kept in float64
+    pass_one(batch.num_frames, pair_video, thresholds, params.drops_lone_first_frame, opencv,
+             ROUNDING_MARGIN[opencv], row_offsets, segment_offsets, piece_offsets, rows, segment_first,
+             segment_mass, piece_start, piece_level, piece_mass, piece_count, counts)
 
     proposal_offsets = _offsets(counts.ravel())
     total = int(proposal_offsets[-1])
@@ -81,8 +94,8 @@ def localize_cpu(batch: VideoBatch, params: PostParams) -> np.ndarray:
     pass_two = score_and_suppress_parallel if parallel else score_and_suppress_serial
     pass_two(batch.num_frames, batch.fps, batch.duration, pair_video, pair_scores, thresholds.size,
              row_offsets, segment_offsets, piece_offsets, rows, segment_first, segment_mass,
-             piece_start, piece_level, piece_mass, piece_count, proposal_offsets,
-             params.oic_lambda, params.gamma, params.nms_iou, params.ecm_mode, params.time_by_duration,
+             piece_start, piece_level, piece_mass, piece_count, proposal_offsets, opencv,
+             params.oic_lambda, params.gamma, params.nms_iou, params.iou_offset, params.time_by_duration,
              run_start, run_end, mass_start, mass_end, score, start_s, end_s, kept_order, pair_kept)
     columns = gather_detections(pair_video, pair_class, proposal_offsets[:-1:thresholds.size], pair_kept,
                                 kept_order, start_s, end_s, score)
@@ -112,28 +125,50 @@ def normalize_row(row, out):
 
 
 @njit(cache=True, inline="always")
-def position(j, scale):
-    """Where frame j reads the row: ``(j + 0.5) · scale − 0.5`` (half-pixel centers), unclamped."""
-    return (j + 0.5) * scale - 0.5
+def interpolation_scale(length, n, opencv):
+    """Source step per frame: ``T / n``, or OpenCV's ``1 / (n / T)`` (``reference.opencv_scale``)."""
+    if opencv:
+        return 1.0 / (n / length)
+    return length / n
 
 
 @njit(cache=True, inline="always")
-def sample(row, j, scale):
-    """Frame j of ``row`` linearly interpolated (``scale`` = T / num_frames), as the reference computes it."""
-    src = position(j, scale)
+def position(j, scale, opencv):
+    """Where frame j reads the row: ``(j + 0.5) · scale − 0.5`` (half-pixel centers), unclamped; OpenCV rounds it
+    to float32."""
+    src = (j + 0.5) * scale - 0.5
+    if opencv:
+        return np.float64(np.float32(src))
+    return src
+
+
+@njit(cache=True, inline="always")
+def opencv_lerp(a, b, frac):
+    """``a · (1 − f) + b · f`` as OpenCV computes it for a float32 row: every operation rounded to float32."""
+    f = np.float32(frac)
+    return np.float64(np.float32(a) * (np.float32(1.0) - f) + np.float32(b) * f)
+
+
+@njit(cache=True, inline="always")
+def sample(row, j, scale, opencv):
+    """Frame j of ``row`` linearly interpolated (``scale`` from ``interpolation_scale``), as the reference
+    computes it."""
+    src = position(j, scale, opencv)
     if src < 0.0:
         src = 0.0
     left = int(src)
     if left >= row.shape[0] - 1:
         return row[row.shape[0] - 1]
     frac = src - left
+    if opencv:
+        return opencv_lerp(row[left], row[left + 1], frac)
     return row[left] * (1.0 - frac) + row[left + 1] * frac
 
 
 @njit(cache=True, inline="always")
-def frame_segment(j, scale, length):
+def frame_segment(j, scale, length, opencv):
     """Index g = κ + 1 of the segment of frame j (0: before the first snippet's center, T: after the last)."""
-    src = position(j, scale)
+    src = position(j, scale, opencv)
     if src < 0.0:
         return 0
     return min(int(src), length - 1) + 1
@@ -150,44 +185,45 @@ def segment_values(row, g):
 
 
 @njit(cache=True, inline="always")
-def positive_mass(row, scale, g, j0, m):
-    """Σ max(value, 0) over frames j0 .. j0 + m − 1 of segment g: closed form unless its values cross 0."""
+def positive_mass(row, scale, opencv, g, j0, m):
+    """Σ max(value, 0) over frames j0 .. j0 + m − 1 of segment g: closed form when the values are affine in the
+    frame and do not cross 0, else frame by frame."""
     if m <= 0:
         return 0.0
     a, b = segment_values(row, g)
     if g == 0 or g >= row.shape[0]:
         return m * max(a, 0.0)
-    if a >= 0.0 and b >= 0.0:
-        first = position(j0, scale) - (g - 1)
-        return m * a + (b - a) * (m * first + scale * (m * (m - 1) * 0.5))
     if a <= 0.0 and b <= 0.0:
         return 0.0
+    if a >= 0.0 and b >= 0.0 and not opencv:
+        first = position(j0, scale, opencv) - (g - 1)
+        return m * a + (b - a) * (m * first + scale * (m * (m - 1) * 0.5))
     total = 0.0
     for j in range(j0, j0 + m):
-        total += max(sample(row, j, scale), 0.0)
+        total += max(sample(row, j, scale, opencv), 0.0)
     return total
 
 
 @njit(cache=True, inline="always")
-def segment_start(g, n, scale):
+def segment_start(g, n, scale, opencv):
     """The first frame of segment g: the first whose position reaches g − 1 (0 for g = 0, n for g = T + 1)."""
     if g == 0:
         return 0
     frame = min(max(math.ceil((g - 0.5) / scale - 0.5), 0), n)  # estimate, then exact
-    while frame > 0 and position(frame - 1, scale) >= g - 1:
+    while frame > 0 and position(frame - 1, scale, opencv) >= g - 1:
         frame -= 1
-    while frame < n and position(frame, scale) < g - 1:
+    while frame < n and position(frame, scale, opencv) < g - 1:
         frame += 1
     return frame
 
 
 @njit(cache=True, inline="always")
-def prefix_mass(row, scale, first, mass, x):
+def prefix_mass(row, scale, opencv, first, mass, x):
     """Q(x) = Σ max(value, 0) over frames < x."""
     if x >= first[first.shape[0] - 1]:
         return mass[mass.shape[0] - 1]
-    g = frame_segment(x, scale, row.shape[0])
-    return mass[g] + positive_mass(row, scale, g, first[g], x - first[g])
+    g = frame_segment(x, scale, row.shape[0], opencv)
+    return mass[g] + positive_mass(row, scale, opencv, g, first[g], x - first[g])
 
 
 @njit(cache=True, inline="always")
@@ -220,19 +256,20 @@ def normalize_rows(cas, lengths, pair_video, pair_class, row_offsets, rows):
 
 
 @njit(cache=True)
-def build_profile(p, num_frames, pair_video, thresholds, ecm_mode, row_offsets, segment_offsets, piece_offsets,
-                  rows, segment_first, segment_mass, piece_start, piece_level, piece_mass, piece_count, counts):
+def build_profile(p, num_frames, pair_video, thresholds, drops_lone_first, opencv, margin, row_offsets,
+                  segment_offsets, piece_offsets, rows, segment_first, segment_mass, piece_start, piece_level,
+                  piece_mass, piece_count, counts):
     """Pass 1 (see the module docstring) for pair p, from its normalized row."""
     n = num_frames[pair_video[p]]
     row = rows[row_offsets[p] : row_offsets[p + 1]]
-    scale = row.shape[0] / n
+    scale = interpolation_scale(row.shape[0], n, opencv)
     first = segment_first[segment_offsets[p] : segment_offsets[p + 1]]
     mass = segment_mass[segment_offsets[p] : segment_offsets[p + 1]]
     base = piece_offsets[p]
-    pieces = level_pieces(row, n, scale, thresholds, first, mass, piece_start[base:], piece_level[base:],
-                          piece_mass[base:], counts[p])
+    pieces = level_pieces(row, n, scale, opencv, margin, thresholds, first, mass, piece_start[base:],
+                          piece_level[base:], piece_mass[base:], counts[p])
     piece_count[p] = pieces
-    if ecm_mode:
+    if drops_lone_first:
         drop_lone_first_frame(piece_start[base:], piece_level[base:], pieces, n, counts[p])
 
 
@@ -249,7 +286,8 @@ def build_profiles_serial(*args):
 
 
 @njit(cache=True)
-def level_pieces(row, n, scale, thresholds, first, mass, piece_start, piece_level, piece_mass, counts):
+def level_pieces(row, n, scale, opencv, margin, thresholds, first, mass, piece_start, piece_level, piece_mass,
+                 counts):
     """Record where the level changes (frame, level, Q there) and count run starts per threshold.
 
     Also fills the segment table: ``first[g]`` (−1 where never needed) and ``mass[g]``, Q at segment g's first
@@ -262,7 +300,7 @@ def level_pieces(row, n, scale, thresholds, first, mass, piece_start, piece_leve
     slack = 0.0
     for x in row:
         slack = max(slack, abs(x))
-    slack = 2.0 * ROUNDING_MARGIN * slack + 1e-300
+    slack = 2.0 * margin * slack + 1e-300
     previous = -1
     pieces = 0
     total = 0.0
@@ -275,8 +313,8 @@ def level_pieces(row, n, scale, thresholds, first, mass, piece_start, piece_leve
             first[g] = -1
             start_known = False
             continue
-        j0 = start if start_known else segment_start(g, n, scale)
-        j1 = segment_start(g + 1, n, scale)
+        j0 = start if start_known else segment_start(g, n, scale, opencv)
+        j1 = segment_start(g + 1, n, scale, opencv)
         start, start_known = j1, True
         first[g] = j0
         if j1 == j0:
@@ -286,7 +324,7 @@ def level_pieces(row, n, scale, thresholds, first, mass, piece_start, piece_leve
             pieces += 1
             previous = 0
             continue
-        total += positive_mass(row, scale, g, j0, j1 - j0)
+        total += positive_mass(row, scale, opencv, g, j0, j1 - j0)
         level = threshold_level(min(a, b) - slack, thresholds)
         high = threshold_level(max(a, b) + slack, thresholds)
         if level == high:
@@ -297,9 +335,9 @@ def level_pieces(row, n, scale, thresholds, first, mass, piece_start, piece_leve
             continue
         low = level
         for frame in range(j0, j1):
-            level = level_between(sample(row, frame, scale), thresholds, low, high)
+            level = level_between(sample(row, frame, scale, opencv), thresholds, low, high)
             if level != previous:
-                q = mass[g] + positive_mass(row, scale, g, j0, frame - j0)
+                q = mass[g] + positive_mass(row, scale, opencv, g, j0, frame - j0)
                 add_piece(piece_start, piece_level, piece_mass, pieces, frame, level, q, previous, counts)
                 pieces += 1
                 previous = level
@@ -335,7 +373,7 @@ def drop_lone_first_frame(piece_start, piece_level, pieces, n, counts):
 @njit(cache=True)
 def score_and_suppress(p, num_frames, fps, duration, pair_video, pair_scores, num_thresholds, row_offsets,
                        segment_offsets, piece_offsets, rows, segment_first, segment_mass, piece_start, piece_level,
-                       piece_mass, piece_count, proposal_offsets, oic_lambda, gamma, nms_iou, ecm_mode,
+                       piece_mass, piece_count, proposal_offsets, opencv, oic_lambda, gamma, nms_iou, iou_offset,
                        time_by_duration, run_start, run_end, mass_start, mass_end, score, start_s, end_s, kept_order,
                        pair_kept):
     """Pass 2 (see the module docstring) for pair p: its proposals, and the kept ones in NMS order."""
@@ -348,10 +386,10 @@ def score_and_suppress(p, num_frames, fps, duration, pair_video, pair_scores, nu
     collect_runs(piece_start[base:], piece_level[base:], piece_mass[base:], piece_count[p], n,
                  mass[mass.shape[0] - 1], slots, run_start, run_end, mass_start, mass_end)
     row = rows[row_offsets[p] : row_offsets[p + 1]]
-    scale = row.shape[0] / n
+    scale = interpolation_scale(row.shape[0], n, opencv)
     for k in range(num_thresholds):
         for r in range(slots[k], slots[k + 1]):
-            outer = outer_mean(row, scale, first, mass, run_start, run_end, mass_start, mass_end, r,
+            outer = outer_mean(row, scale, opencv, first, mass, run_start, run_end, mass_start, mass_end, r,
                                slots[k], slots[k + 1], n, oic_lambda)
             inner = (mass_end[r] - mass_start[r]) / (run_end[r] - run_start[r] + 1)
             score[r] = inner - outer + gamma * pair_scores[p]
@@ -361,7 +399,7 @@ def score_and_suppress(p, num_frames, fps, duration, pair_video, pair_scores, nu
             else:
                 start_s[r] = run_start[r] / fps[v]
                 end_s[r] = (run_end[r] + 1) / fps[v]
-    pair_kept[p] = threshold_nms(start_s, end_s, score, slots, nms_iou, ecm_mode, kept_order)
+    pair_kept[p] = threshold_nms(start_s, end_s, score, slots, nms_iou, iou_offset, kept_order)
 
 
 @njit(cache=True, parallel=True)
@@ -404,7 +442,7 @@ def collect_runs(piece_start, piece_level, piece_mass, pieces, n, total_mass, sl
 
 
 @njit(cache=True, inline="always")
-def outer_mean(row, scale, first, mass, run_start, run_end, mass_start, mass_end, r, lo, hi, n, oic_lambda):
+def outer_mean(row, scale, opencv, first, mass, run_start, run_end, mass_start, mass_end, r, lo, hi, n, oic_lambda):
     """Mean of the thresholded row over run r's outer window (runs ``lo .. hi − 1`` share its threshold).
 
     The window is ``[max(0, int(s − λ·len)), s − 1] ∪ [e + 1, min(n, int(e + λ·len)) − 1]``.
@@ -422,25 +460,28 @@ def outer_mean(row, scale, first, mass, run_start, run_end, mass_start, mass_end
         if run_start[other] >= outer_start:
             total += mass_end[other] - mass_start[other]
         else:
-            total += mass_end[other] - prefix_mass(row, scale, first, mass, outer_start)
+            total += mass_end[other] - prefix_mass(row, scale, opencv, first, mass, outer_start)
         other -= 1
     other = r + 1
     while other < hi and run_start[other] < outer_end:
         if run_end[other] < outer_end:
             total += mass_end[other] - mass_start[other]
         else:
-            total += prefix_mass(row, scale, first, mass, outer_end) - mass_start[other]
+            total += prefix_mass(row, scale, opencv, first, mass, outer_end) - mass_start[other]
         other += 1
     return total / count
 
 
 @njit(cache=True)
-def threshold_nms(start, end, score, slots, iou_threshold, pixel_convention, kept_order):
-    """Greedy NMS over one pair's proposals, ``slots[k] .. slots[k + 1] − 1`` those of threshold k.
+def threshold_nms(start, end, score, slots, iou_threshold, iou_offset, kept_order):
+    """Greedy NMS over one pair's proposals, ``slots[k] .. slots[k + 1] − 1`` those of threshold k: the CPU
+    backend's NMS, and the CUDA backend's for pairs with too many proposals for its device bitmask.
 
     Writes the kept proposals, highest ranking key first (ties in index order), to ``kept_order[slots[0] ..]``
     and returns how many. A threshold's runs are disjoint and ordered, so the ones a kept segment can overlap
-    (IoU above 0) are contiguous: found by a binary search per threshold, without sorting by start.
+    (IoU above 0) are contiguous: found by a binary search per threshold, without sorting by start. The IoU and
+    the keep rule are the reference's (``interval_iou``, ``suppresses``); ``iou_offset`` is
+    ``PostParams.iou_offset``.
     """
     base = slots[0]
     m = slots[slots.shape[0] - 1] - base
@@ -450,7 +491,6 @@ def threshold_nms(start, end, score, slots, iou_threshold, pixel_convention, kep
     rank = np.empty(m, dtype=np.int64)
     for ii in range(m):
         rank[order[ii]] = ii
-    one = 1.0 if pixel_convention else 0.0
     everything = iou_threshold <= 0.0  # then even disjoint segments suppress each other
     suppressed = np.zeros(m, dtype=np.bool_)
     kept = 0
@@ -461,14 +501,14 @@ def threshold_nms(start, end, score, slots, iou_threshold, pixel_convention, kep
         kept_order[base + kept] = i
         kept += 1
         s, e = start[i], end[i]
-        slack = WINDOW_SLACK * (abs(s) + abs(e) + one)
+        slack = WINDOW_SLACK * (abs(s) + abs(e) + iou_offset)
         for k in range(slots.shape[0] - 1):
             t, stop = slots[k], slots[k + 1]
             if not everything:
-                t = first_end_above(end, t, stop, s - one - slack)
-            while t < stop and (everything or start[t] <= e + one + slack):
+                t = first_end_above(end, t, stop, s - iou_offset - slack)
+            while t < stop and (everything or start[t] <= e + iou_offset + slack):
                 if rank[t - base] > ii and not suppressed[t - base] \
-                        and interval_iou(s, e, start[t], end[t], one) >= iou_threshold:
+                        and interval_iou(s, e, start[t], end[t], iou_offset) >= iou_threshold:
                     suppressed[t - base] = True
                 t += 1
     return kept
@@ -522,49 +562,6 @@ def gather_detections(pair_video, pair_class, pair_base, pair_kept, kept_order, 
 
 
 @njit(cache=True)
-def greedy_nms(start, end, score, iou_threshold, pixel_convention, keep_rank):
-    """Greedy NMS; ``keep_rank[i]`` = position of i among the kept (ranking key descending, ties in given order).
-
-    A kept segment can only suppress segments it overlaps (its IoU with the others is 0, below any positive
-    threshold), so it is compared only with the segments in its reach, found by binary search in the segments
-    sorted by start (with the running maximum of their ends).
-    """
-    m = start.shape[0]
-    if m == 0:
-        return
-    order = ranking_order(score)
-    by_start = np.argsort(start)
-    slot_of = np.empty(m, dtype=np.int64)
-    starts, ends, ranks = np.empty(m), np.empty(m), np.empty(m, dtype=np.int64)
-    reach_end = np.empty(m)  # max end over the first t + 1 segments by start: non-decreasing
-    for t in range(m):
-        i = by_start[t]
-        slot_of[i] = t
-        starts[t], ends[t] = start[i], end[i]
-        reach_end[t] = end[i] if t == 0 else max(reach_end[t - 1], end[i])
-    for ii in range(m):
-        ranks[slot_of[order[ii]]] = ii
-    one = 1.0 if pixel_convention else 0.0
-    everything = iou_threshold <= 0.0  # then even disjoint segments suppress each other
-    suppressed = np.zeros(m, dtype=np.bool_)
-    kept = 0
-    for ii in range(m):
-        ti = slot_of[order[ii]]
-        if suppressed[ti]:
-            continue
-        keep_rank[order[ii]] = kept
-        kept += 1
-        s, e = starts[ti], ends[ti]
-        slack = WINDOW_SLACK * (abs(s) + abs(e) + one)
-        t = 0 if everything else np.searchsorted(reach_end, s - one - slack, side="right")
-        while t < m and (everything or starts[t] <= e + one + slack):
-            if ranks[t] > ii and not suppressed[t] \
-                    and interval_iou(s, e, starts[t], ends[t], one) >= iou_threshold:
-                suppressed[t] = True
-            t += 1
-
-
-@njit(cache=True)
 def ranking_order(score):
     """Indices by ranking key descending, ties by index: one integer sort of (−key, index) packed in int64."""
     m = score.shape[0]
@@ -580,7 +577,7 @@ def ranking_order(score):
 
 @njit(cache=True, inline="always")
 def interval_iou(start_a, end_a, start_b, end_b, one):
-    """IoU of two intervals; ``one`` = 1 for the published pixel convention, 0 for the true IoU."""
+    """IoU of two intervals (``reference.interval_iou`` for one pair); ``one`` = ``PostParams.iou_offset``."""
     inter = max(0.0, min(end_a, end_b) - max(start_a, start_b) + one)
     union = (end_a - start_a + one) + (end_b - start_b + one) - inter
     return inter / union

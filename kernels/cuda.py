@@ -16,9 +16,12 @@ Every frame of every kept (video, class) row gets a thread; the stages, in launc
 7. ``gather``: one [M, 4] array (score, start, end, kept) copied to the host.
 
 Arithmetic matches the CPU backend and the reference to the bit where it decides runs: products that feed
-positions, values and outer windows are rounded on their own (``dmul_rn``), never fused into an FMA. The
-CAS may be a device array (anything with ``__cuda_array_interface__``): it is read in place, on the caller's
-stream. Importing this module needs neither numba-cuda nor a GPU.
+positions, values and outer windows are rounded on their own (``dmul_rn``), never fused into an FMA; in ``ecm``
+mode the interpolation is OpenCV's float32 one, each float32 operation rounded on its own (``fmul_rn``,
+``fadd_rn``, ``fsub_rn``). Pairs with more proposals than ``MAX_DEVICE_NMS`` get their NMS on the host, from the
+CPU backend's ``threshold_nms``. The CAS may be a device array (anything with ``__cuda_array_interface__``): it
+is read in place, on the caller's stream (``ecm_edge.kernels.streams``). Importing this module needs neither
+numba-cuda nor a GPU.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ecm_edge.environment import cuda_gpu_visible, cuda_simulator_enabled
 from ecm_edge.errors import EcmEdgeError, MissingDependencyError
 from ecm_edge.kernels.detections import empty_detections, make_detections
 from ecm_edge.kernels.params import PostParams
+from ecm_edge.kernels.streams import is_numba_stream, to_numba_stream
 from ecm_edge.kernels.validate import VideoBatch, is_device_array, kept_pairs
 
 THREADS = 256  # threads per block on a GPU (a power of two: the block scans and reductions halve it)
@@ -111,20 +115,14 @@ def add_batch_axis(array: Any) -> Any:
 
 
 def as_stream(stream: Any) -> Any:
-    """A numba stream: the given one, one wrapping a foreign stream (handle, cuda-python, torch ...), or default."""
+    """A numba stream: the given one, one wrapping a foreign stream (``ecm_edge.kernels.streams``), or the default
+    stream when None."""
     cuda = require_cuda()
     if stream is None:
         return cuda.default_stream()
-    if type(stream).__module__.startswith("numba"):
-        return stream
-    if cuda_simulator_enabled():
+    if cuda_simulator_enabled() and not is_numba_stream(stream):
         raise EcmEdgeError("the CUDA simulator takes only numba streams (cuda.stream())")
-    handle = getattr(stream, "cuda_stream", None)  # torch.cuda.Stream
-    if handle is None:
-        from ecm_edge.runtime.backends.cuda_buffers import stream_handle
-
-        handle = stream_handle(stream)
-    return cuda.external_stream(int(handle))
+    return to_numba_stream(cuda, stream)
 
 
 # ---- the kernels (in ``cuda_kernels``, which imports numba.cuda) -----------------------------------------------
@@ -205,11 +203,11 @@ def _localize_pairs(k: SimpleNamespace, threads: int, cas: Any, batch: VideoBatc
     grid = (_grid(min(_blocks(int(pair_frames.max()), threads), 1024)), _grid(num_pairs))
     k.interpolate[grid, threads, stream](cas, up(batch.lengths), up(batch.num_frames), d_pair_video,
                                          up(pair_class), d_frame_offsets, low, delta, up(params.act_thresholds),
-                                         prefix, levels)
+                                         params.opencv_interpolation, prefix, levels)
     k.prefix_scan[_grid(num_pairs), threads, stream](d_frame_offsets, d_pair_frames, prefix)
     counts = up(np.zeros(segments, dtype=np.int32))
     k.count_runs[_grid(segments), threads, stream](levels, d_frame_offsets, d_pair_frames, num_thresholds,
-                                                             params.ecm_mode, counts)
+                                                             params.drops_lone_first_frame, counts)
     proposal_offsets = _offsets(counts.copy_to_host(stream=stream))
     stream.synchronize()
     total = int(proposal_offsets[-1])
@@ -242,7 +240,7 @@ def _localize_pairs(k: SimpleNamespace, threads: int, cas: Any, batch: VideoBatc
     if mask_offsets[-1] > 0:
         k.nms_mask[_grid(_blocks(int(mask_offsets[-1]), threads)), threads, stream](
             order, start_s, end_s, d_pair_offsets, d_mask_offsets, params.nms_iou,
-            1.0 if params.ecm_mode else 0.0, mask)
+            params.iou_offset, mask)
     removed = cuda.device_array(max(int(removed_offsets[-1]), 1), np.int64, stream=stream)
     k.nms_sweep[_grid(_blocks(num_pairs, threads)), threads, stream](
         mask, d_pair_offsets, d_mask_offsets, up(removed_offsets), d_on_device, removed, kept)
@@ -250,27 +248,41 @@ def _localize_pairs(k: SimpleNamespace, threads: int, cas: Any, batch: VideoBatc
     k.gather[items, threads, stream](order, kept, score, start_s, end_s, out)
     result = out.copy_to_host(stream=stream)
     stream.synchronize()
-    return _assemble(result, pair_offsets, on_device, pair_video, pair_class, params)
+    return _assemble(result, proposal_offsets, on_device, pair_video, pair_class, params)
 
 
-def _assemble(result: np.ndarray, pair_offsets: np.ndarray, on_device: np.ndarray, pair_video: np.ndarray,
+def _assemble(result: np.ndarray, proposal_offsets: np.ndarray, on_device: np.ndarray, pair_video: np.ndarray,
               pair_class: np.ndarray, params: PostParams) -> np.ndarray:
     """Kept slots in (pair, NMS order); pairs too large for the device bitmask get their NMS here."""
-    score, start_s, end_s = result[:, 0], result[:, 1], result[:, 2]
+    score, start_s, end_s = (np.ascontiguousarray(result[:, i]) for i in range(3))
     keep = result[:, 3] == 1
+    num_thresholds = params.act_thresholds.size
+    pair_offsets = proposal_offsets[::num_thresholds]
     slot_pair = np.repeat(np.arange(pair_video.size), np.diff(pair_offsets))
     rank = np.arange(result.shape[0]) - pair_offsets[slot_pair]
     for p in np.flatnonzero(on_device == 0):
-        from ecm_edge.kernels.cpu import greedy_nms
-
-        a, b = pair_offsets[p], pair_offsets[p + 1]
-        keep_rank = np.full(b - a, -1, dtype=np.int64)
-        greedy_nms(start_s[a:b], end_s[a:b], score[a:b], params.nms_iou, params.ecm_mode, keep_rank)
-        keep[a:b], rank[a:b] = keep_rank >= 0, keep_rank
+        slots = proposal_offsets[p * num_thresholds : (p + 1) * num_thresholds + 1]
+        a, b = slots[0], slots[-1]
+        keep[a:b], rank[a:b] = _host_nms(start_s, end_s, score, slots, params)
     slots = np.flatnonzero(keep)
     slots = slots[np.lexsort((rank[slots], slot_pair[slots]))]
     pair = slot_pair[slots]
     return make_detections(pair_video[pair], pair_class[pair], start_s[slots], end_s[slots], score[slots])
+
+
+def _host_nms(start_s: np.ndarray, end_s: np.ndarray, score: np.ndarray, slots: np.ndarray,
+              params: PostParams) -> tuple[np.ndarray, np.ndarray]:
+    """NMS of one pair on the host, by the CPU backend's ``threshold_nms`` (its proposals, threshold by threshold,
+    are ``slots[k] .. slots[k + 1] − 1``, in proposal order as the device wrote them): (kept, rank among kept)."""
+    from ecm_edge.kernels.cpu import threshold_nms
+
+    a, b = int(slots[0]), int(slots[-1])
+    kept_order = np.empty(score.size, dtype=np.int64)
+    kept = threshold_nms(start_s, end_s, score, np.ascontiguousarray(slots), params.nms_iou, params.iou_offset,
+                         kept_order)
+    rank = np.full(b - a, -1, dtype=np.int64)
+    rank[kept_order[a : a + kept] - a] = np.arange(kept)
+    return rank >= 0, rank
 
 
 def _offsets(sizes: np.ndarray) -> np.ndarray:

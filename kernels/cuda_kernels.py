@@ -15,18 +15,31 @@ from numba import cuda
 
 from ecm_edge.environment import cuda_simulator_enabled
 from ecm_edge.kernels.detections import RANK_SCALE
+from ecm_edge.kernels.reference import FLOAT32_MAX
 
 
 def build_kernels(threads: int) -> SimpleNamespace:
     """Every kernel for blocks of ``threads`` threads."""
-    if cuda_simulator_enabled():
+    if cuda_simulator_enabled():  # plain Python arithmetic on numpy scalars: each operation rounded on its own
         @cuda.jit(device=True, inline="always")
         def mul(a, b):
             return a * b
+
+        @cuda.jit(device=True, inline="always")
+        def add(a, b):
+            return a + b
+
+        @cuda.jit(device=True, inline="always")
+        def sub(a, b):
+            return a - b
+
+        fmul, fadd, fsub = mul, add, sub
     else:
         from numba.cuda import libdevice
 
-        mul = libdevice.dmul_rn  # a product rounded on its own: never contracted into an FMA
+        # Each operation rounded on its own: a product is never contracted with a sum into an FMA.
+        mul = libdevice.dmul_rn
+        fmul, fadd, fsub = libdevice.fmul_rn, libdevice.fadd_rn, libdevice.fsub_rn
 
     @cuda.jit(device=True, inline="always")
     def block_scan(buffer, tid, value):
@@ -58,17 +71,37 @@ def build_kernels(threads: int) -> SimpleNamespace:
         return lo
 
     @cuda.jit(device=True, inline="always")
-    def sample(cas, v, c, length, j, scale, low, delta):
-        """Frame j of the normalized row, interpolated with half-pixel centers (the reference's arithmetic)."""
+    def normalized(cas, v, c, t, low, delta, opencv):
+        """Snippet t of the normalized row; for OpenCV's interpolation (``ecm``) rounded to float32, saturating
+        (``reference.float32_row``; normalized values are at most 1)."""
+        value = (np.float64(cas[v, c, t]) - low) / delta
+        if opencv:
+            return np.float64(np.float32(max(value, -FLOAT32_MAX)))
+        return value
+
+    @cuda.jit(device=True, inline="always")
+    def opencv_lerp(a, b, frac):
+        """``a · (1 − f) + b · f`` as OpenCV computes it for a float32 row: every operation rounded to float32."""
+        f = np.float32(frac)
+        return np.float64(fadd(fmul(np.float32(a), fsub(np.float32(1.0), f)), fmul(np.float32(b), f)))
+
+    @cuda.jit(device=True, inline="always")
+    def sample(cas, v, c, length, j, scale, low, delta, opencv):
+        """Frame j of the normalized row, interpolated with half-pixel centers (the reference's arithmetic:
+        ``interpolate_opencv`` when ``opencv``, else ``interpolate_row``)."""
         src = mul(j + 0.5, scale) - 0.5
+        if opencv:
+            src = np.float64(np.float32(src))
         if src < 0.0:
             src = 0.0
         left = int(src)
         if left >= length - 1:
-            return (np.float64(cas[v, c, length - 1]) - low) / delta
+            return normalized(cas, v, c, length - 1, low, delta, opencv)
         frac = src - left
-        a = (np.float64(cas[v, c, left]) - low) / delta
-        b = (np.float64(cas[v, c, left + 1]) - low) / delta
+        a = normalized(cas, v, c, left, low, delta, opencv)
+        b = normalized(cas, v, c, left + 1, low, delta, opencv)
+        if opencv:
+            return opencv_lerp(a, b, frac)
         return mul(a, 1.0 - frac) + mul(b, frac)
 
     @cuda.jit(device=True, inline="always")
@@ -121,20 +154,20 @@ def build_kernels(threads: int) -> SimpleNamespace:
             cuda.syncthreads()
 
     @cuda.jit
-    def interpolate(cas, lengths, num_frames, pair_video, pair_class, frame_offsets, low, delta, thresholds,
+    def interpolate(cas, lengths, num_frames, pair_video, pair_class, frame_offsets, low, delta, thresholds, opencv,
                     prefix, levels):
         classes = cas.shape[1]
         first = cuda.blockIdx.x * threads + cuda.threadIdx.x
         for p in range(cuda.blockIdx.y, pair_video.shape[0], cuda.gridDim.y):
             v, c = pair_video[p], pair_class[p]
             length, n = lengths[v], num_frames[v]
-            scale = length / n
+            scale = 1.0 / (n / length) if opencv else length / n  # OpenCV's step, or the exact one
             row = v * classes + c
             base = frame_offsets[p]
             if first == 0:
                 prefix[base + p] = 0.0
             for j in range(first, n, cuda.gridDim.x * threads):
-                value = sample(cas, v, c, length, j, scale, low[row], delta[row])
+                value = sample(cas, v, c, length, j, scale, low[row], delta[row], opencv)
                 prefix[base + p + 1 + j] = max(value, 0.0)
                 levels[base + j] = threshold_level(value, thresholds)
 
@@ -154,7 +187,7 @@ def build_kernels(threads: int) -> SimpleNamespace:
                 carry += total
 
     @cuda.jit
-    def count_runs(levels, frame_offsets, pair_frames, num_thresholds, ecm_mode, counts):
+    def count_runs(levels, frame_offsets, pair_frames, num_thresholds, drops_lone_first, counts):
         tid = cuda.threadIdx.x
         for segment in range(cuda.blockIdx.x, pair_frames.shape[0] * num_thresholds, cuda.gridDim.x):
             p = segment // num_thresholds
@@ -168,7 +201,7 @@ def build_kernels(threads: int) -> SimpleNamespace:
                 cuda.atomic.add(counts, segment, starts)
             cuda.syncthreads()
             # The published quirk: a threshold whose only surviving frame is frame 0 yields no proposal.
-            if tid == 0 and ecm_mode and counts[segment] == 1 and levels[base] > k \
+            if tid == 0 and drops_lone_first and counts[segment] == 1 and levels[base] > k \
                     and (n == 1 or levels[base + 1] <= k):
                 counts[segment] = 0
             cuda.syncthreads()
@@ -323,7 +356,7 @@ def kernel_signatures(cas_dtype: str = "float32") -> dict[str, tuple]:
     return {
         "row_stats": (cas, array(i64), array(f64), array(f64), array(i32)),
         "interpolate": (cas, array(i64), array(i64), array(i64), array(i64), array(i64), array(f64), array(f64),
-                        array(f64), array(f64), array(i16)),
+                        array(f64), types.boolean, array(f64), array(i16)),
         "prefix_scan": (array(i64), array(i64), array(f64)),
         "count_runs": (array(i16), array(i64), array(i64), i64, types.boolean, array(i32)),
         "find_runs": (array(i16), array(i64), array(i64), i64, array(i64), array(i64), array(i64)),

@@ -1,20 +1,22 @@
-"""The post-processing parameters every backend receives, frozen and checked once."""
+"""The post-processing parameters every backend receives, frozen and checked once.
+
+Defaults and allowed words come from the config schema (``ecm_edge.config.PostConfig`` and ``CHOICES``); the
+mode switch lives here too: backends ask for the behaviours a mode selects (``iou_offset``,
+``drops_lone_first_frame``, ``opencv_interpolation``), never for the mode's name.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ecm_edge.config import CHOICES, PostConfig
 from ecm_edge.errors import ConfigError
 
-if TYPE_CHECKING:
-    from ecm_edge.config import PostConfig
-
-MODES: tuple[str, ...] = ("ecm", "clean")
-TIME_BASES: tuple[str, ...] = ("fps", "duration")
+MODES: tuple[str, ...] = CHOICES["post.mode"]
+TIME_BASES: tuple[str, ...] = CHOICES["post.time_base"]
 MAX_THRESHOLDS = 32767  # the compiled backends store, per frame, how many thresholds it passes as int16
 
 
@@ -22,17 +24,18 @@ MAX_THRESHOLDS = 32767  # the compiled backends store, per frame, how many thres
 class PostParams:
     """What turns a CAS into segments (docs/design.md §5), independent of the backend that runs it.
 
-    ``act_thresholds`` must be non-negative and strictly ascending: the compiled backends count, per frame, how
-    many thresholds the frame passes, and rely on runs at a higher threshold nesting inside runs at a lower one.
+    Field meanings and defaults are those of the config's ``post`` section. ``act_thresholds`` must be
+    non-negative and strictly ascending: the compiled backends count, per frame, how many thresholds the frame
+    passes, and rely on runs at a higher threshold nesting inside runs at a lower one.
     """
 
-    mode: str = "ecm"  # "ecm" (bug-compatible with the published code) or "clean"
-    class_threshold: float = 0.25  # keep classes whose video score is at least this
-    act_thresholds: np.ndarray = field(default_factory=lambda: np.arange(0.01, 0.2, 0.025))
-    oic_lambda: float = 0.4  # outer window = λ · run length on each side
-    gamma: float = 0.15  # weight of the video score in the segment score
-    nms_iou: float = 0.6  # per-class NMS keeps a segment whose IoU with every kept one is below this
-    time_base: str = "fps"  # "fps": seconds = frame / fps; "duration": frame / num_frames · duration
+    mode: str = PostConfig.mode
+    class_threshold: float = PostConfig.class_threshold
+    act_thresholds: np.ndarray = field(default_factory=lambda: PostConfig().act_thresholds)
+    oic_lambda: float = PostConfig.oic_lambda
+    gamma: float = PostConfig.gamma
+    nms_iou: float = PostConfig.nms_iou
+    time_base: str = PostConfig.time_base
 
     def __post_init__(self) -> None:
         thresholds = np.array(self.act_thresholds, dtype=np.float64).reshape(-1)
@@ -77,8 +80,24 @@ class PostParams:
         """A copy with some fields changed (checked again)."""
         return dataclasses.replace(self, **changes)
 
+    # ---- the mode switch: what ``ecm`` (bug-compatible with the published code) changes against ``clean`` ----
+
     @property
-    def ecm_mode(self) -> bool:
+    def iou_offset(self) -> float:
+        """Added to interval lengths and overlaps by the IoU: 1 in ``ecm`` (the published pixel-box convention
+        ``end − start + 1``, although the units are seconds), 0 in ``clean`` (the true IoU)."""
+        return 1.0 if self.mode == "ecm" else 0.0
+
+    @property
+    def drops_lone_first_frame(self) -> bool:
+        """``ecm``: a threshold whose only surviving frame is frame 0 yields no proposal (the published code
+        tests ``positions.any()``, and index 0 reads as false)."""
+        return self.mode == "ecm"
+
+    @property
+    def opencv_interpolation(self) -> bool:
+        """``ecm``: interpolate as ``cv2.resize`` (INTER_LINEAR) does a float32 row, bit for bit
+        (``ecm_edge.kernels.reference.interpolate_opencv``); ``clean``: exact float64 interpolation."""
         return self.mode == "ecm"
 
     @property

@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from ecm_edge.config import CHOICES
 from ecm_edge.errors import EcmEdgeError
 from ecm_edge.kernels.reference import normalize_rows
 
-SCORE_SOURCES: tuple[str, ...] = ("cas", "weights", "fused")
+SCORE_SOURCES: tuple[str, ...] = CHOICES["post.score_source"]
 
 
 def check_score_source(source: str) -> str:

@@ -217,3 +217,12 @@ def test_checkpoint_mode_predicts_scores_and_matches_file_mode(tmp_path, capsys)
     code, out, _ = run_main("eval", "--pred", str(out_file), "--gt", str(tmp_path / "data" / "gt.json"),
                             "--subset", "test", "--iou", "0.1,0.3", "--json", capsys=capsys)
     assert json.loads(out)["map"] == payload["map"]
+
+
+def test_negative_detection_times_are_one_line_and_exit_1(files, tmp_path, capsys):
+    _, gt = files
+    pred = write_predictions(tmp_path / "neg.json", {"v1": [{"label": "Jump", "score": 0.9, "segment": [-3, 2]}]})
+    code, out, err = run_main("eval", str(pred), "--gt", str(gt), capsys=capsys)
+    assert code == 1 and out == ""
+    assert err.strip() == (f"error: {pred}: video 'v1' has a detection with a negative time ([-3.0, 2.0]); times "
+                           "are seconds from the start of the video, so they must be >= 0; 1 such detection(s) in all")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import typing
 
 import numpy as np
 import pytest
 import yaml
 
-from ecm_edge.config import Config, apply_override, load_config, shipped_config_names
+from ecm_edge.config import Config, apply_override, config_from_stored, load_config, shipped_config_names
 from ecm_edge.errors import ConfigError
 
 
@@ -113,3 +114,69 @@ def test_atomic_writes_have_ordinary_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_stored_config_rebuilds_with_its_name_and_checked_values():
+    """config_from_stored: what checkpoints, deploy folders and artifacts recorded, name included."""
+    from ecm_edge.config import config_from_stored
+
+    cfg = load_config("thumos14", ["train.epochs=3"])
+    stored = cfg.to_dict()
+    again = config_from_stored(stored, source="run/last.pt")
+    assert again.to_dict() == stored and again.name == "thumos14"
+    assert stored == cfg.to_dict()  # the caller's dict is left as it was
+    assert config_from_stored({"model": {"num_classes": 4}}, source="m.json").name == "custom"
+    with pytest.raises(ConfigError, match=r"^run/last\.pt: unknown key train\.epoch"):
+        config_from_stored({"name": "x", "train": {"epoch": 3}}, source="run/last.pt")
+
+
+def _numeric_keys() -> list[str]:
+    from ecm_edge.config import SECTIONS, _section_type
+
+    keys = []
+    for section in SECTIONS:
+        hints = typing.get_type_hints(_section_type(section))
+        keys += [f"{section}.{name}" for name, hint in hints.items() if hint in (int, float, list[float])]
+    return keys
+
+
+def test_every_numeric_key_has_a_range_and_every_range_a_key():
+    from ecm_edge.config import RANGES
+
+    assert sorted(RANGES) == sorted(_numeric_keys())
+
+
+@pytest.mark.parametrize("name", shipped_config_names())
+def test_shipped_configs_and_defaults_are_within_their_ranges(name):
+    from ecm_edge.config import RANGES
+
+    for cfg in (Config(), load_config(name)):
+        for dotted, allowed in RANGES.items():
+            section, key = dotted.split(".")
+            value = getattr(getattr(cfg, section), key)
+            assert all(v in allowed for v in (value if isinstance(value, list) else [value])), (name, dotted, value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("stream.horizon=0", "--set: stream.horizon must be in [1, inf), got 0"),
+    ("stream.horizon=-5", "--set: stream.horizon must be in [1, inf), got -5"),
+    ("post.nms_iou=2", "--set: post.nms_iou must be in [0, 1], got 2.0"),
+    ("post.nms_iou=-1", "--set: post.nms_iou must be in [0, 1], got -1.0"),
+    ("post.class_threshold=-1", "--set: post.class_threshold must be in [0, 1], got -1.0"),
+    ("stream.warmup=-1", "--set: stream.warmup must be in [0, inf), got -1"),
+    ("stream.webhook_timeout_s=-1", "--set: stream.webhook_timeout_s must be in (0, inf), got -1.0"),
+    ("eval.iou_thresholds=[0.5, 0]", "--set: eval.iou_thresholds must be in (0, 1], got 0.0"),
+    ("post.act_thresh_stop=0.001", "small: post.act_thresh_start (0.01) must be at most post.act_thresh_stop (0.001)"),
+    ("export.max_t=10", "small: export.opt_t (256) must be at most export.max_t (10)"),
+])
+def test_out_of_range_values_are_one_line_errors_naming_key_value_and_range(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config("small", [override])
+    assert str(info.value) == message
+
+
+def test_stored_configs_are_range_checked_too():
+    raw = Config().to_dict()
+    raw["post"]["nms_iou"] = 1.5
+    with pytest.raises(ConfigError, match=r"model.json: post.nms_iou must be in \[0, 1\], got 1.5"):
+        config_from_stored(raw, source="model.json")

@@ -364,6 +364,8 @@ def test_videos_missing_from_predictions_are_warned_about():
     ({"v": [{"segment": [0, 1], "score": 0.5}]}, "lacks key.*label"),
     ({"v": [det("A", 0.5, 0, 1), {"label": "A", "segment": [0, 1]}]}, "detection 1 lacks key.*score"),
     ({"v": [det("A", 0.5, 4, 2)]}, "video 'v' has a detection that ends before it starts"),
+    ({"v": [det("A", 0.5, -5, -1)]}, r"video 'v' has a detection with a negative time \(\[-5.0, -1.0\]\)"),
+    ({"v": [det("A", 0.5, 0, 1), det("A", 0.5, -3, 2)]}, r"negative time \(\[-3.0, 2.0\]\).*1 such detection"),
     ({"v": [det("A", "high", 0, 1)]}, "video 'v': score must be a number"),
     ({"v": [det("A", float("nan"), 0, 1)]}, "score must be finite"),
     ({"v": [{"label": "A", "score": 0.5, "segment": [0]}]}, "segment must be \\[start, end\\] with two numbers"),
@@ -434,6 +436,33 @@ def test_load_predictions_errors_name_the_file(tmp_path, content, message):
         load_prediction_table(path)
     with pytest.raises(DataError, match="does not exist"):
         load_predictions(tmp_path / "missing.json")
+
+
+def test_negative_times_in_ground_truth_files_are_refused(tmp_path):
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"database": {"v": {"subset": "test", "annotations": [
+        {"segment": [0, 2], "label": "A"}, {"segment": ["-0.5", "3"], "label": "A"}]}}}))
+    with pytest.raises(DataError, match=r"gt.json: video 'v', annotation 1: segment has a negative time "
+                                        r"\(\[-0.5, 3.0\]\)"):
+        load_activitynet_json(gt)
+    ambiguous = tmp_path / "Ambiguous_test.txt"
+    ambiguous.write_text("v 1.0 2.0\nv -2 -1\n")
+    with pytest.raises(DataError, match=r"Ambiguous_test.txt:2: video 'v': segment has a negative time"):
+        load_ambiguous(ambiguous)
+    ambiguous.write_text("v 0 0.5\n")  # starting at 0 is fine
+    assert load_ambiguous(ambiguous)["v"].tolist() == [[0.0, 0.5]]
+
+
+def test_negative_times_in_a_wtalc_folder_are_refused(tmp_path):
+    from ecm_edge.data.annotations import load_wtalc_reduced
+
+    arrays = {"videoname": np.array([b"v"]), "subset": np.array([b"test"]), "duration": np.array([10.0]),
+              "classlist": np.array([b"A"]), "labels": np.array([["A"]], dtype=object),
+              "segments": np.array([[[-1.0, 2.0]]])}
+    for name, array in arrays.items():
+        np.save(tmp_path / f"{name}.npy", array, allow_pickle=True)
+    with pytest.raises(DataError, match=r"video 'v', segment 0: segment has a negative time"):
+        load_wtalc_reduced(tmp_path)
 
 
 def test_detections_to_results_from_structured_array():

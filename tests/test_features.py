@@ -229,3 +229,17 @@ def test_full_wtalc_folder_without_gt_json_or_split_files(tmp_path):
     assert train.class_names == ["Jump", "Run"] and train.duration("v_a") == 2.0
     np.testing.assert_array_equal(train.features("v_a"), truth["v_a"])
     assert VideoDataset.open(folder, config(), "test").video_ids == list(TEST)
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (b"0.1,0.2\n0.3,0.4\n", "it is not a .npy file (it does not start with the NumPy file signature; it looks "
+                            "like a text file)"),
+    (b"PK\x03\x04zipped", "it is not a .npy file (it does not start with the NumPy file signature; it looks "
+                          "like a .npz archive or another zip file)"),
+])
+def test_a_file_that_is_not_npy_is_named_as_such_not_as_pickled_data(tmp_path, content, words):
+    path = tmp_path / "v.npy"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        read_feature_file(path, "v", D)
+    assert words in str(err.value) and "pickle" not in str(err.value)

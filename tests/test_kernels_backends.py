@@ -1,7 +1,8 @@
 """Every post-processing backend gives the reference's detections: property tests and edge cases.
 
-The numpy reference is the oracle; ``cpu`` (numba) and ``cuda`` (numba CUDA, here in the simulator on small
-inputs; tests/conftest.py turns it on) must return the same segments (video, class, frame bounds) with scores
+The numpy reference must give the detections of an oracle that shares no code with it
+(tests/test_kernels_oracle.py); ``cpu`` (numba) and ``cuda`` (numba CUDA, here in the simulator on small inputs;
+tests/conftest.py turns it on) must return the reference's segments (video, class, frame bounds) with scores
 within 1e-5, in both modes.
 """
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_kernels_oracle import oracle_detections
 
 from ecm_edge.environment import cuda_simulator_enabled
 from ecm_edge.errors import EcmEdgeError
@@ -21,7 +23,7 @@ from ecm_edge.postprocess import available_backends, localize, localize_batch
 
 BACKENDS = ["numpy", "cpu", "cuda"]
 PARAMS = {mode: PostParams(mode=mode) for mode in ("ecm", "clean")}  # THUMOS14 constants
-EXAMPLES = {"cpu": 150, "cuda": 10}  # the simulator runs a Python thread per CUDA thread
+EXAMPLES = {"numpy": 60, "cpu": 150, "cuda": 10}  # the simulator runs a Python thread per CUDA thread
 
 
 pytestmark = pytest.mark.usefixtures("fast_cuda_simulator")
@@ -38,8 +40,17 @@ def detect(backend: str, cas, scores, **kwargs) -> np.ndarray:
     return localize_batch(cas, scores, backend=backend, **kwargs)
 
 
+def expected_detections(backend: str, cas, scores, **kwargs) -> np.ndarray:
+    """What ``backend`` must return: the independent oracle's detections for the reference, else the reference's."""
+    kwargs.setdefault("params", PARAMS["ecm"])
+    kwargs.setdefault("fps", 30.0)
+    if backend == "numpy":
+        return oracle_detections(cas, scores, **kwargs)
+    return detect("numpy", cas, scores, **kwargs)
+
+
 def assert_same(backend: str, cas, scores, **kwargs) -> np.ndarray:
-    expected = detect("numpy", cas, scores, **kwargs)
+    expected = expected_detections(backend, cas, scores, **kwargs)
     found = detect(backend, cas, scores, **kwargs)
     assert found.dtype == DETECTION_DTYPE
     assert compare_detections(found, expected) is None, compare_detections(found, expected)
@@ -97,8 +108,9 @@ def check_batch(backend: str, batch: dict) -> None:
     assert np.array_equal(order, np.arange(len(expected))), "not sorted by video, then score descending"
 
 
-@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_matches_reference_on_random_inputs(backend):
+    """cpu and cuda against the reference; the reference against the independent oracle."""
     need(backend)
     small = backend == "cuda" and cuda_simulator_enabled()
 
@@ -111,7 +123,7 @@ def test_backend_matches_reference_on_random_inputs(backend):
     check()
 
 
-@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", ["ecm", "clean"])
 def test_backend_matches_reference_on_thumos_like_rows(backend, mode):
     """Realistic rows (noise + plateaus, upsampled ~9×): many runs per threshold, NMS does real work."""
@@ -247,7 +259,7 @@ def test_localize_one_video_and_list_input_agree_with_the_batch(backend):
     assert len(second) > 0
     assert np.all(single["video"] == 0)
     assert compare_detections(single, second) is None
-    assert compare_detections(batch, detect("numpy", rows, scores, num_frames=[20, 9])) is None
+    assert compare_detections(batch, expected_detections(backend, rows, scores, num_frames=[20, 9])) is None
 
 
 def test_cuda_reads_device_arrays_on_a_given_stream():
@@ -258,6 +270,7 @@ def test_cuda_reads_device_arrays_on_a_given_stream():
     cas = rng.normal(0, 1, (2, 2, 6)).astype(np.float32)
     scores = np.full((2, 2), 0.6)
     expected = detect("numpy", cas, scores, num_frames=[13, 8])
+    assert len(expected) > 0
     stream = cuda.stream()
     found = detect("cuda", cuda.to_device(cas, stream=stream), cuda.to_device(scores, stream=stream),
                    num_frames=[13, 8], stream=stream)
@@ -267,6 +280,23 @@ def test_cuda_reads_device_arrays_on_a_given_stream():
     assert compare_detections(one, detect("numpy", cas[1:], scores[1:], num_frames=[8])) is None
     with pytest.raises(EcmEdgeError, match="only backend='cuda'"):
         detect("cpu", cuda.to_device(cas), scores, num_frames=8)
+
+
+@pytest.mark.parametrize("mode", ["ecm", "clean"])
+def test_cuda_host_nms_of_a_class_with_many_proposals(monkeypatch, mode):
+    """Pairs with more proposals than the device bitmask takes get the CPU backend's NMS on the host."""
+    need("cuda")
+    import ecm_edge.kernels.cuda as cuda_backend
+
+    host_nms, on_host = cuda_backend._host_nms, []
+    monkeypatch.setattr(cuda_backend, "MAX_DEVICE_NMS", 3)
+    monkeypatch.setattr(cuda_backend, "_host_nms", lambda *args: on_host.append(1) or host_nms(*args))
+    cas = np.random.default_rng(12).normal(0.0, 1.0, (2, 2, 9)).astype(np.float32)  # noise: many runs per class
+    scores = np.array([[0.9, 0.6], [0.5, 0.3]])
+    expected = detect("numpy", cas, scores, num_frames=[20, 14], params=PARAMS[mode])
+    found = detect("cuda", cas, scores, num_frames=[20, 14], params=PARAMS[mode])
+    assert len(on_host) >= 2 and len(expected) >= 4
+    assert compare_detections(found, expected) is None, compare_detections(found, expected)
 
 
 def test_cuda_checks_device_input_for_non_finite_values_on_the_device():

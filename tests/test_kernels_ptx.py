@@ -2,7 +2,8 @@
 
 Compute capabilities 7.5 (T4), 8.7 (Jetson Orin) and 9.0 (H100/H200). The compilation runs in a subprocess
 because the default test session runs numba's CUDA simulator (tests/conftest.py), which has no compiler. The
-products that decide runs must stay separately rounded: no fused multiply-add in the PTX that computes them.
+products that decide runs must stay separately rounded: no fused multiply-add in the PTX that computes them, in
+float64 (the clean mode's arithmetic) or float32 (OpenCV's, in ecm mode).
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import pytest
 
 CAPABILITIES = [(7, 5), (8, 7), (9, 0)]
 NO_NVVM = 77  # exit code of the script when numba-cuda's NVVM library is missing
+# Every kernel of the backend, listed here so that a renamed or added kernel fails a test instead of dropping out.
+KERNELS = ("row_stats", "interpolate", "prefix_scan", "count_runs", "find_runs", "score_runs", "nms_order",
+           "nms_mask", "nms_sweep", "gather")
+RUN_DECIDING = ("interpolate", "score_runs", "nms_mask")  # kernels whose products decide runs and NMS
 
 SCRIPT = f"""
 import json, sys
@@ -36,7 +41,8 @@ for name in KERNEL_NAMES:
         except NvvmSupportError as exc:
             print(exc); sys.exit({NO_NVVM})
         report[f"{{name}}/{{cc[0]}}.{{cc[1]}}"] = {{"target": f"sm_{{cc[0]}}{{cc[1]}}" in ptx,
-                                                 "f64_fma": "fma.rn.f64" in ptx}}
+                                                 "f64_fma": "fma.rn.f64" in ptx, "f32_fma": "fma.rn.f32" in ptx}}
+report["built"] = sorted(vars(built))
 print(json.dumps(report))
 """
 
@@ -52,15 +58,22 @@ def ptx_report() -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_every_kernel_compiles_for_every_target(ptx_report):
-    from ecm_edge.kernels.cuda_kernels import KERNEL_NAMES
+def test_the_kernel_list_is_complete():
+    from ecm_edge.kernels.cuda_kernels import KERNEL_NAMES, kernel_signatures
 
-    for name in KERNEL_NAMES:
+    assert tuple(KERNEL_NAMES) == KERNELS
+    assert set(kernel_signatures("float32")) == set(KERNELS) == set(kernel_signatures("float64"))
+
+
+def test_every_kernel_compiles_for_every_target(ptx_report):
+    assert ptx_report["built"] == sorted(KERNELS)
+    for name in KERNELS:
         for major, minor in CAPABILITIES:
             assert ptx_report[f"{name}/{major}.{minor}"]["target"], (name, major, minor)
 
 
 def test_run_deciding_arithmetic_has_no_fused_multiply_add(ptx_report):
-    for key in ptx_report:
-        if key.startswith(("interpolate/", "score_runs/", "nms_mask/")):
-            assert not ptx_report[key]["f64_fma"], key
+    for name in RUN_DECIDING:
+        for major, minor in CAPABILITIES:
+            compiled = ptx_report[f"{name}/{major}.{minor}"]
+            assert not compiled["f64_fma"] and not compiled["f32_fma"], (name, major, minor)

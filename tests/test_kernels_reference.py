@@ -1,4 +1,6 @@
-"""The reference post-processing itself: interpolation vs OpenCV, the published quirks, NMS, parameters."""
+"""The reference post-processing itself: interpolation vs OpenCV, the published quirks, NMS, parameters.
+
+(OpenCV's own arithmetic, reproduced bit for bit in ``ecm`` mode by every backend: tests/test_kernels_ecm.py.)"""
 
 from __future__ import annotations
 
@@ -6,24 +8,31 @@ import cv2
 import numpy as np
 import pytest
 
-from ecm_edge.config import load_config
+from ecm_edge.config import CHOICES, PostConfig, load_config
 from ecm_edge.errors import ConfigError
 from ecm_edge.kernels import DETECTION_DTYPE, PostParams, compare_detections, make_detections
+from ecm_edge.kernels.params import MODES, TIME_BASES
 from ecm_edge.kernels.reference import (
     class_proposals,
+    interpolate,
     interpolate_row,
     interval_iou,
     nms,
     normalize_rows,
     oic_score,
+    outer_reach,
+    outer_window,
+    run_score,
+    suppresses,
 )
+from ecm_edge.kernels.sources import SCORE_SOURCES
 
 
 @pytest.mark.parametrize(("length", "frames"), [(750, 6000), (750, 21_737), (10, 3), (100, 100), (7, 14),
                                                 (5, 1), (1, 10), (750, 375), (3, 2), (16_875, 324_000)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_interpolation_matches_cv2_resize_within_its_float32_positions(length, frames, dtype):
-    """cv2.resize (INTER_LINEAR) has our geometry but rounds positions to float32.
+    """cv2.resize (INTER_LINEAR) has the clean mode's geometry but rounds positions to float32.
 
     Its position error is at most half a float32 ulp of the position (< T · 2⁻²⁴), its weights are rounded to
     float32 too: the values differ by at most (T · 2⁻²⁴ + 2⁻²²) times the largest step between neighbours
@@ -76,25 +85,59 @@ def test_oic_outer_window_is_the_published_asymmetric_one():
     row[3] = 0.5  # left window [int(5 − 2), 4] = [3, 4]
     row[11] = 0.5  # right window [10, min(20, int(9 + 2)) − 1] = [10, 10]: frame 11 stays outside
     params = PostParams(oic_lambda=0.4, gamma=0.0)
-    assert oic_score(row, 5, 9, 20, 0.0, params) == pytest.approx(1.0 - 0.5 / 3)
+    assert outer_reach(5, 9, 0.4) == (3, 11)
+    assert outer_window(5, 9, 0.4, 0, 20).tolist() == [3, 4, 10]
+    assert outer_window(5, 9, 0.4, 4, 10).tolist() == [4]  # clipped to [lo, hi), as the stream's history
+    assert run_score(row, 5, 9, 0.0, params) == pytest.approx(1.0 - 0.5 / 3)
+    assert oic_score(0.75, 0.25, 0.5, 0.2) == pytest.approx(0.6)
 
 
 def test_pixel_iou_on_seconds_and_true_iou():
+    ecm, clean = PostParams(mode="ecm").iou_offset, PostParams(mode="clean").iou_offset
+    assert (ecm, clean) == (1.0, 0.0)
     # [0, 1] and [1.5, 2.5] s are disjoint, but the published +1 convention overlaps them
-    assert interval_iou(0.0, 1.0, np.array([1.5]), np.array([2.5]), pixel_convention=True)[0] == pytest.approx(
-        0.5 / 3.5)
-    assert interval_iou(0.0, 1.0, np.array([1.5]), np.array([2.5]), pixel_convention=False)[0] == 0.0
-    assert interval_iou(0.0, 2.0, np.array([1.0]), np.array([3.0]), pixel_convention=False)[0] == pytest.approx(
-        1 / 3)
+    assert interval_iou(0.0, 1.0, np.array([1.5]), np.array([2.5]), ecm)[0] == pytest.approx(0.5 / 3.5)
+    assert interval_iou(0.0, 1.0, np.array([1.5]), np.array([2.5]), clean)[0] == 0.0
+    assert interval_iou(0.0, 2.0, np.array([1.0]), np.array([3.0]), clean)[0] == pytest.approx(1 / 3)
 
 
 def test_nms_keeps_below_threshold_and_breaks_ties_by_proposal_order():
     start, end = np.array([0.0, 0.0, 10.0, 0.5]), np.array([2.0, 2.0, 12.0, 2.0])
     score = np.array([0.9, 0.9, 0.5, 0.8])
-    assert nms(start, end, score, 0.6, pixel_convention=False) == [0, 2]
-    assert nms(start, end, score, 1.01, pixel_convention=False) == [0, 1, 3, 2]  # IoU 1 < 1.01: all kept
+    assert nms(start, end, score, 0.6, 0.0) == [0, 2]
+    assert nms(start, end, score, 1.01, 0.0) == [0, 1, 3, 2]  # IoU 1 < 1.01: all kept
+    assert nms(start, end, score, 1.0, 0.0) == [0, 3, 2]  # IoU 1 reaches 1.0: 1 suppressed, 3 (IoU 0.75) kept
     near = np.array([0.9, 0.9 + 1e-12, 0.5, 0.8])  # equal up to the 2⁻²⁰ ranking resolution: a tie
-    assert nms(start, end, near, 0.6, pixel_convention=False) == [0, 2]
+    assert nms(start, end, near, 0.6, 0.0) == [0, 2]
+    assert suppresses(np.array([0.59, 0.6, 0.61]), 0.6).tolist() == [False, True, True]
+
+
+def test_the_mode_switch_selects_each_published_quirk():
+    ecm, clean = PostParams(mode="ecm"), PostParams(mode="clean")
+    assert (ecm.iou_offset, ecm.drops_lone_first_frame, ecm.opencv_interpolation) == (1.0, True, True)
+    assert (clean.iou_offset, clean.drops_lone_first_frame, clean.opencv_interpolation) == (0.0, False, False)
+    row = np.array([0.0, 0.3, 1.0])
+    assert interpolate(row, 7, clean).tolist() == interpolate_row(row, 7).tolist()
+    expected = cv2.resize(row.astype(np.float32)[None], (7, 1), interpolation=cv2.INTER_LINEAR)[0]
+    assert interpolate(row, 7, ecm).tolist() == expected.astype(np.float64).tolist()
+
+
+def test_params_defaults_and_choices_come_from_the_config_schema():
+    defaults, schema = PostParams(), PostConfig()
+    for name in ("mode", "class_threshold", "oic_lambda", "gamma", "nms_iou", "time_base"):
+        assert getattr(defaults, name) == getattr(schema, name), name
+    assert np.array_equal(defaults.act_thresholds, schema.act_thresholds)
+    assert defaults == PostParams.from_config(schema)
+    assert MODES is CHOICES["post.mode"]  # the same tuple: read from the schema, not repeated
+    assert TIME_BASES is CHOICES["post.time_base"]
+    assert SCORE_SOURCES is CHOICES["post.score_source"]
+    assert CHOICES["stream.mode"] == CHOICES["post.mode"]
+
+
+def test_backend_names_are_the_config_choices():
+    from ecm_edge.postprocess import BACKENDS
+
+    assert set(CHOICES["post.backend"]) == {"auto", *BACKENDS}
 
 
 def test_params_from_config_are_the_exact_arange():

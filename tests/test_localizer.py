@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -192,27 +193,47 @@ def test_context_manager_flushes_into_the_sinks(deploy_dir, features, tmp_path):
     assert {e["type"] for e in lines} == {"segment"}
 
 
-def test_concurrent_pushes_are_safe(deploy_dir, features):
+def test_concurrent_pushes_are_atomic(deploy_dir, features):
+    """Four threads each push one block of 40 snippets at once: the events must be those of a serial run over the
+    blocks in some order (each push is atomic), whichever order the threads were admitted in."""
     folder, _ = deploy_dir
+    blocks = [features[at:at + 40] for at in range(0, 160, 40)]
     localizer = Localizer.from_artifacts(folder, overrides=OVERRIDES)
+    events: list[dict] = []
     errors: list[BaseException] = []
+    start = threading.Barrier(len(blocks))
 
-    def worker():
+    def worker(block: np.ndarray) -> None:
         try:
-            for row in features[:60]:
-                localizer.push_features(row)
-                localizer.on_event(lambda e: None) if row[0] > 3 else None
+            start.wait()
+            localizer.on_event(lambda e: None)
+            got = localizer.push_features(block)
+            with lock:
+                events.extend(got)
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
+    lock = threading.Lock()
+    threads = [threading.Thread(target=worker, args=(block,)) for block in blocks]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    localizer.flush()
+    events += localizer.flush()
     localizer.close()
-    assert not errors and localizer.stats.snippets == 240
+    assert not errors and localizer.stats.snippets == 160
+
+    def key(e: dict) -> tuple:
+        return e["type"], e.get("label"), round(e.get("start", 0.0), 4), round(e.get("end", 0.0), 4)
+
+    got = sorted(key(e) for e in comparable(events, ("emitted_at", "latency")))
+    serial_runs = []
+    for order in itertools.permutations(range(len(blocks))):
+        serial = Localizer.from_artifacts(folder, overrides=OVERRIDES)
+        expected = stream_all(serial, np.concatenate([blocks[i] for i in order]), chunk=40)
+        serial.close()
+        serial_runs.append(sorted(key(e) for e in comparable(expected, ("emitted_at", "latency"))))
+    assert got and got in serial_runs
 
 
 def test_times_continue_after_flush(deploy_dir, features):

@@ -180,3 +180,20 @@ def test_manifest_module_imports_without_torch():
     code = ("import sys, ecm_edge.manifest; "
             "assert 'torch' not in sys.modules and 'onnx' not in sys.modules, 'heavy import'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_streaming_contract_follows_the_architecture():
+    """The manifests publish the receptive radius the executors use, derived in ecm_edge.architecture."""
+    from ecm_edge import architecture as arch
+    from ecm_edge.manifest import STREAM_MIN_WINDOW, STREAMING_CONTRACT
+
+    assert arch.RECEPTIVE_RADIUS == arch.TEMPORAL_CONVS * (arch.KERNEL_SIZE // 2) == 2
+    assert STREAMING_CONTRACT["receptive_radius"] == arch.RECEPTIVE_RADIUS
+    assert STREAMING_CONTRACT["min_window"] == STREAM_MIN_WINDOW == arch.STREAM_WINDOW == 5
+    assert STREAMING_CONTRACT["output_columns"] == f"window-{2 * arch.RECEPTIVE_RADIUS}"
+
+
+def test_architecture_module_imports_without_torch_or_numpy():
+    code = ("import sys, ecm_edge.architecture; "
+            "assert not {'torch', 'numpy', 'onnx'} & set(sys.modules), 'heavy import'")
+    subprocess.run([sys.executable, "-c", code], check=True)

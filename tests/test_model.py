@@ -121,3 +121,46 @@ def test_embed_steps_equals_the_convolutional_embed(steps):
     x = torch.randn(7, 24, steps)
     with torch.no_grad():
         torch.testing.assert_close(model.embed_steps(x), model.embed(x), rtol=1e-5, atol=1e-5)
+
+
+def test_layers_use_the_shared_architecture_constants():
+    """The module's layers are built from ecm_edge.architecture, the constants the export and numpy head read."""
+    from ecm_edge import architecture as arch
+    from ecm_edge.runtime.head import HeadWeights
+
+    model = ECM(ECMDims(feature_dim=24, hidden_dim=16, num_classes=5, topk=4))
+    for conv in (model.conv1, model.conv2):
+        assert conv.kernel_size == (arch.KERNEL_SIZE,) and conv.padding == (arch.PADDING,)
+        assert conv.bias is not None
+    for conv, bias in ((model.classifier, arch.CLASSIFIER_BIAS), (model.transition, arch.TRANSITION_BIAS)):
+        assert conv.kernel_size == (arch.POINTWISE_KERNEL,) and (conv.bias is not None) == bias
+    assert model.act.negative_slope == arch.LEAKY_SLOPE and model.dropout.p == arch.DROPOUT
+    assert set(model.state_dict()) == set(arch.HEAD_TENSORS + arch.TRANSITION_TENSORS)
+    cfg = load_config(None)
+    assert (cfg.model.leaky_slope, cfg.model.dropout) == (arch.LEAKY_SLOPE, arch.DROPOUT)
+    assert HeadWeights.random(4, 4, 2).leaky_slope == arch.LEAKY_SLOPE
+
+
+def test_receptive_radius_is_the_modules_dependency_range():
+    """Changing snippet t moves the CAS of snippets t ± RECEPTIVE_RADIUS and nothing beyond."""
+    from ecm_edge.architecture import RECEPTIVE_RADIUS, STREAM_WINDOW
+
+    model = tiny_model().eval()
+    x = torch.randn(1, 24, 21)
+    changed = x.clone()
+    changed[:, :, 10] += 5.0
+    with torch.no_grad():
+        moved = (model.class_activation(changed) - model.class_activation(x)).abs().amax(dim=(0, 1)) > 1e-6
+    assert moved.nonzero().flatten().tolist() == list(range(10 - RECEPTIVE_RADIUS, 10 + RECEPTIVE_RADIUS + 1))
+    with torch.no_grad():
+        assert model.valid_class_activation(x[:, :, :STREAM_WINDOW]).shape[-1] == 1
+
+
+def test_topk_rule():
+    from ecm_edge.architecture import clipped_topk, topk_count
+
+    assert topk_count(750, 0.125) == 93 and topk_count(3, 0.125) == 1
+    assert load_config("thumos14").topk == topk_count(750, 0.125)
+    assert (clipped_topk(8, 5), clipped_topk(8, 40)) == (5, 8)
+    clipped = clipped_topk(torch.tensor(8), torch.tensor(5), torch.minimum)
+    assert isinstance(clipped, torch.Tensor) and int(clipped) == 5

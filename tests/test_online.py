@@ -99,11 +99,11 @@ def test_nms_against_emitted_segments(seed, mode):
         spans = np.array([(e["start"], e["end"]) for e in events if e["class"] == c]).reshape(-1, 2)
         for i, (s, e) in enumerate(spans):  # emitted segments of a class never overlap beyond the NMS IoU
             others = np.delete(spans, i, axis=0)
-            iou = interval_iou(s, e, others[:, 0], others[:, 1], mode == "ecm")
+            iou = interval_iou(s, e, others[:, 0], others[:, 1], p.post.iou_offset)
             assert (iou < p.post.nms_iou + ROUNDING).all()
         for cls, first, last, score in oracle:  # every dropped candidate overlaps an emitted one
             if cls == c and not contains(keys, (cls, first, last, score)):
-                iou = interval_iou(first * STEP, (last + 1) * STEP, spans[:, 0], spans[:, 1], mode == "ecm")
+                iou = interval_iou(first * STEP, (last + 1) * STEP, spans[:, 0], spans[:, 1], p.post.iou_offset)
                 assert (iou >= p.post.nms_iou - ROUNDING).any()
 
 

@@ -15,7 +15,8 @@ from train_helpers import FEATURE_DIM, make_dataset, single_thread, tiny_config 
 from ecm_edge.cli.main import main  # noqa: E402
 from ecm_edge.data.dataset import VideoDataset  # noqa: E402
 from ecm_edge.errors import CheckpointError, DataError  # noqa: E402
-from ecm_edge.train.inference import detections_from_raw, predict_dataset  # noqa: E402
+from ecm_edge.rawpred import detections_from_raw  # noqa: E402
+from ecm_edge.train.inference import predict_dataset  # noqa: E402
 from ecm_edge.train.trainer import train  # noqa: E402
 
 
@@ -161,3 +162,27 @@ def test_corrupted_checkpoint(capsys, run_dir, feature_dir, tmp_path):
     assert_one_line_error(code, err, "model.safetensors", "corrupted")
     code, _, err = run_cli(capsys, "train", "--resume", str(broken))
     assert_one_line_error(code, err, "last.pt", "corrupted or truncated")
+
+
+def test_redeploy_rebuilds_corrupted_deploy_weights_from_best_pt(run_dir, feature_dir, tmp_path, capsys):
+    """A corrupted ``model.safetensors`` is refused; ``train --redeploy`` rewrites it from best.pt, and the run
+    predicts exactly what it predicted before."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    code, _, _ = run_cli(capsys, "predict", "--checkpoint", str(run), "--features", str(feature_dir),
+                         "-o", str(tmp_path / "before.json"))
+    assert code == 0
+    weights = run / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\x7f\x7f\x7f\x7f")
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", str(run), "--features", str(feature_dir),
+                           "-o", str(tmp_path / "corrupt.json"))
+    assert code == 1 and "does not match the sha256" in err and not (tmp_path / "corrupt.json").exists()
+
+    code, _, err = run_cli(capsys, "train", "--redeploy", str(run))
+    assert code == 0 and "deploy weights rebuilt" in err
+    code, _, _ = run_cli(capsys, "predict", "--checkpoint", str(run), "--features", str(feature_dir),
+                         "-o", str(tmp_path / "after.json"))
+    assert code == 0
+    assert json.loads((tmp_path / "after.json").read_text()) == json.loads((tmp_path / "before.json").read_text())

@@ -7,14 +7,10 @@ import pytest
 
 from ecm_edge.config import load_config
 from ecm_edge.data.dataset import sample_indices
+from ecm_edge.data.rate import parse_columns_per_snippet, training_rate
 from ecm_edge.errors import ConfigError
 from ecm_edge.runtime.online import OnlineParams
-from ecm_edge.runtime.resample import (
-    ColumnResampler,
-    columns_per_snippet,
-    parse_columns_per_snippet,
-    training_rate,
-)
+from ecm_edge.runtime.resample import ColumnResampler, columns_per_snippet
 
 SNIPPET = 0.64
 

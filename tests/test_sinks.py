@@ -13,7 +13,7 @@ import pytest
 
 from ecm_edge.errors import ConfigError
 from ecm_edge.runtime.events import segment_event, to_json_line
-from ecm_edge.runtime.sinks import CallbackSink, EventDispatcher, JsonlSink, Sink, WebhookSink
+from ecm_edge.runtime.sinks import CallbackSink, EventDispatcher, JsonlSink, Sink, Spool, WebhookSink
 
 FAST = dict(timeout_s=2.0, retries=3, backoff_s=0.02, backoff_max_s=0.1)
 
@@ -24,20 +24,30 @@ def events(n: int, first: int = 0) -> list[dict]:
 
 
 class Receiver:
-    """An HTTP webhook receiver that answers 503 to its first ``fail_first`` requests, then 200."""
+    """An HTTP webhook receiver: 503 to its first ``fail_first`` requests and to those after ``fail_after``, else
+    200; ``stall_first_s`` holds the first request that long after reading it (a client timing out)."""
 
-    def __init__(self, port: int = 0, fail_first: int = 0, delay_s: float = 0.0):
+    def __init__(self, port: int = 0, fail_first: int = 0, delay_s: float = 0.0, fail_after: int | None = None,
+                 stall_first_s: float = 0.0):
         self.received: list[dict] = []
+        self.keys: list[str | None] = []  # Idempotency-Key of every request, answered or not
         self.requests = 0
-        self.fail_first, self.delay_s = fail_first, delay_s
+        self.fail_first, self.delay_s, self.fail_after = fail_first, delay_s, fail_after
+        self.stall_first_s = stall_first_s
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.keys.append(self.headers.get("Idempotency-Key"))
                 time.sleep(receiver.delay_s)
                 receiver.requests += 1
-                if receiver.requests <= receiver.fail_first:
+                if receiver.requests == 1 and receiver.stall_first_s:
+                    receiver.received.append(json.loads(body))  # taken, but the answer comes too late
+                    time.sleep(receiver.stall_first_s)
+                    return
+                failing = receiver.fail_after is not None and receiver.requests > receiver.fail_after
+                if receiver.requests <= receiver.fail_first or failing:
                     self.send_response(503)
                 else:
                     receiver.received.append(json.loads(body))
@@ -219,3 +229,128 @@ def test_step_stats_percentiles_and_rate():
     assert event["type"] == "stats" and event["snippets"] == 100 and event["dropped_frames"] == 3
     assert event["step_ms_p50"] == pytest.approx(2.0) and event["step_ms_p99"] == pytest.approx(50.0)
     assert 0 < event["fps"] < 1600 / 0.01
+
+
+def spool_seqs(path) -> list[int]:
+    return [json.loads(line)["seq"] for line in path.read_text().splitlines()]
+
+
+def test_spool_is_resent_from_an_offset_and_only_the_rest_is_kept(tmp_path):
+    spool = tmp_path / "spool.jsonl"
+    spool.write_text("".join(to_json_line(e) for e in events(5)))
+    receiver = Receiver(fail_after=2)
+    try:
+        sink = WebhookSink(receiver.url, spool, **FAST)
+        wait_for(lambda: receiver.requests >= 3)  # two accepted, then the receiver fails
+        sink.close(timeout_s=0.2)
+        assert seqs(receiver.received) == [0, 1]
+        assert spool_seqs(spool) == [2, 3, 4]  # the delivered part was cut off, nothing sent twice
+        assert sink.delivered == 2 and sink.dropped == 0 and sink.loss() is None
+    finally:
+        receiver.stop()
+
+
+def test_spool_reader_skips_a_damaged_line_instead_of_sticking_on_it(tmp_path):
+    spool = tmp_path / "spool.jsonl"
+    lines = [to_json_line(e) for e in events(3)]
+    spool.write_text(lines[0] + '{"seq": 1, "truncat\n' + lines[2])
+    receiver = Receiver()
+    try:
+        with WebhookSink(receiver.url, spool, **FAST):
+            wait_for(lambda: len(receiver.received) == 2)
+        assert seqs(receiver.received) == [0, 2] and not spool.exists()
+    finally:
+        receiver.stop()
+
+
+def test_unwritable_spool_holds_a_bounded_backlog_and_counts_what_it_drops():
+    sink = WebhookSink(f"http://127.0.0.1:{free_port()}/events", "/dev/full", memory_events=5, **FAST)
+    for event in events(12):
+        sink.write(event)
+    wait_for(lambda: sink.dropped == 7)  # the 5 newest wait in memory, the 7 oldest are gone
+    assert sink.spool_size() == 5 and sink.spooled == 0
+    sink.close(timeout_s=0.2)
+    assert sink.dropped == 12  # the backlog could not be written at close either
+    assert str(sink.loss()) == (f"12 events neither delivered to {sink.url} nor spooled to /dev/full "
+                                "(No space left on device)")
+
+
+def test_spool_backlog_goes_to_the_file_in_order_once_it_can_be_written(tmp_path):
+    blocker = tmp_path / "spool"
+    blocker.mkdir()  # a directory where the spool file should be: it cannot be written
+    spool = Spool(blocker, memory_events=10)
+    spool.append([to_json_line(e).encode() for e in events(3)])
+    assert spool.written == 0 and spool.count() == 3 and spool.error
+    blocker.rmdir()
+    spool.append([to_json_line(e).encode() for e in events(2, first=3)])
+    assert spool.written == 5 and spool_seqs(blocker) == [0, 1, 2, 3, 4]
+    assert spool.close() == 0 and spool.dropped == 0
+
+
+def test_events_carry_an_id_sent_as_idempotency_key(tmp_path):
+    receiver = Receiver()
+    try:
+        with WebhookSink(receiver.url, tmp_path / "spool.jsonl", **FAST) as sink:
+            for event in events(3):
+                sink.write(event)
+        ids = [e["id"] for e in receiver.received]
+        assert len(set(ids)) == 3 and receiver.keys == ids
+    finally:
+        receiver.stop()
+
+
+def test_an_event_resent_after_a_timeout_keeps_its_id(tmp_path):
+    receiver = Receiver(stall_first_s=0.8)
+    try:
+        with WebhookSink(receiver.url, tmp_path / "spool.jsonl", **{**FAST, "timeout_s": 0.3}) as sink:
+            sink.write(events(1)[0])
+        assert [e["seq"] for e in receiver.received] == [0, 0]  # the receiver got it twice ...
+        first, second = receiver.received
+        assert first == second and receiver.keys == [first["id"]] * 2  # ... and can tell it is a repeat
+    finally:
+        receiver.stop()
+
+
+def test_a_spooled_event_without_id_keeps_one_key_across_resends(tmp_path):
+    spool = tmp_path / "spool.jsonl"
+    spool.write_text(to_json_line(events(1)[0]))  # a spool of an older version: no ids
+    receiver = Receiver(fail_first=1)
+    try:
+        with WebhookSink(receiver.url, spool, **FAST):
+            wait_for(lambda: len(receiver.received) == 1)
+        assert len(receiver.keys) == 2 and receiver.keys[0] == receiver.keys[1]
+        assert receiver.keys[0].startswith("sha256-")
+    finally:
+        receiver.stop()
+
+
+def test_dispatcher_gives_wire_sinks_one_id_per_event_and_callbacks_the_plain_event(tmp_path):
+    path, seen = tmp_path / "events.jsonl", []
+    dispatcher = EventDispatcher([JsonlSink(path), JsonlSink(tmp_path / "copy.jsonl"), CallbackSink(seen.append)])
+    sent = events(4)
+    dispatcher.publish(sent)
+    dispatcher.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    copies = [json.loads(line) for line in (tmp_path / "copy.jsonl").read_text().splitlines()]
+    assert [e["id"] for e in lines] == [e["id"] for e in copies] and len({e["id"] for e in lines}) == 4
+    assert [{k: v for k, v in e.items() if k != "id"} for e in lines] == json.loads(json.dumps(sent))
+    assert seen == sent and all("id" not in e for e in seen)
+
+
+def test_jsonl_on_a_full_disk_counts_the_lost_events_without_raising(caplog):
+    with caplog.at_level(logging.ERROR, logger="ecm_edge"), JsonlSink("/dev/full") as sink:
+        for event in events(3):
+            sink.write(event)
+    assert sink.lost == 3 and sink.written == 0
+    assert str(sink.loss()) == "3 events not written to /dev/full (No space left on device)"
+    assert caplog.text.count("cannot write events to /dev/full") == 1 and "Traceback" not in caplog.text
+
+
+def test_dispatcher_reports_what_each_sink_lost(tmp_path):
+    dispatcher = EventDispatcher([BrokenSink(), JsonlSink("/dev/full"), JsonlSink(tmp_path / "ok.jsonl")])
+    dispatcher.publish(events(5))
+    dispatcher.close()
+    assert [str(loss) for loss in dispatcher.losses()] == [
+        "5 events not written to BrokenSink (OSError: disk full)",
+        "5 events not written to /dev/full (No space left on device)"]
+    assert len((tmp_path / "ok.jsonl").read_text().splitlines()) == 5

@@ -57,7 +57,8 @@ def events_of(text: str) -> list[dict]:
 
 
 def without_wall_clock(events: list[dict]) -> list[dict]:
-    return [{k: v for k, v in e.items() if k != "emitted_at"} for e in events]
+    """Events without the wall-clock time and the per-run id (both differ between runs)."""
+    return [{k: v for k, v in e.items() if k not in ("emitted_at", "id")} for e in events]
 
 
 def test_features_to_stdout_jsonl(deploy_dir, features_file):
@@ -72,6 +73,7 @@ def test_features_to_stdout_jsonl(deploy_dir, features_file):
     expected += localizer.flush()
     localizer.close()
     assert without_wall_clock(events) == without_wall_clock(expected)
+    assert len({e["id"] for e in events}) == len(events)  # every event on the wire has its own id
     assert "120 snippets" in done.stderr
 
 
@@ -231,3 +233,20 @@ def test_live_url_cut_mid_way_reconnects_and_reports_it(deploy_dir):
         server.close()
     assert process.returncode == 0, err
     assert lost["source"].startswith("stream http://127.0.0.1") and restored["attempts"] >= 1
+
+
+def test_features_of_another_dimension_name_the_file_shape(deploy_dir, tmp_path):
+    np.save(tmp_path / "wide.npy", np.ones((100, 128), np.float32))
+    done = run_stream("--features", str(tmp_path / "wide.npy"), "--artifacts", str(deploy_dir), "--no-realtime")
+    assert done.returncode == 1
+    assert done.stderr.strip() == (f"error: feature file {tmp_path / 'wide.npy'} holds features of shape [100, 128], "
+                                   f"but the model expects [T, {D}] ({D} channels per snippet); use features from "
+                                   "the extractor the model was trained with, or the artifacts trained on these "
+                                   "features")
+
+
+def test_quiet_prints_nothing_but_the_events(deploy_dir, features_file):
+    done = subprocess.run([sys.executable, "-m", "ecm_edge", "-q", "stream", "--features", str(features_file),
+                           "--artifacts", str(deploy_dir), "--no-realtime", *KEEP_ALL],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "" and events_of(done.stdout)

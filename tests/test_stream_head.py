@@ -157,7 +157,7 @@ def test_missing_or_broken_weights_are_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match=r"model\.safetensors"):
         load_head_weights(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
-    (tmp_path / "model.json").write_text('{"format": "ecm-edge/model", "class_names": []}')
+    (tmp_path / "model.json").write_text('{"format": "ecm-edge/model", "class_names": ["a"], "dims": {"num_classes": 1}}')
     with pytest.raises(CheckpointError, match="cannot be read"):
         load_head_weights(tmp_path)
 
@@ -184,3 +184,51 @@ def test_a_foreign_model_description_is_refused(tmp_path):
     (tmp_path / "model.json").write_text('{"class_names": []}')
     with pytest.raises(CheckpointError, match="not an ecm-edge model description"):
         load_head_weights(tmp_path)
+
+
+# -- the three executors of the pre-stream held to each other: torch, ONNX Runtime, numpy ------------------------
+@pytest.fixture(scope="module")
+def full_weights(torch_model) -> HeadWeights:
+    """The torch model's weights, the transition included, as the numpy head reads them."""
+    return HeadWeights.from_state({k: v.detach().numpy() for k, v in torch_model.state_dict().items()})
+
+
+@pytest.mark.parametrize("length", [1, 2, 5, 30])
+def test_torch_onnx_and_numpy_give_the_same_cas_and_weights(length, torch_model, full_weights, onnx_runner):
+    """The offline pass of every executor: CAS and transition weights equal to 1e-5, short clips included."""
+    import torch
+
+    features = np.random.default_rng(100 + length).normal(size=(length, D)).astype(np.float32)
+    with torch.inference_mode():
+        cas_t, _, weights_t = (o[0].numpy() for o in torch_model.export_forward(torch.from_numpy(features)[None],
+                                                                                 with_weights=True))
+    cas_np = full_cas(full_weights, features)
+    cas_ort = onnx_runner.full_cas(features)
+    for cas, weights in ((cas_np, full_weights.transition(cas_np)), (cas_ort, onnx_runner.last_weights)):
+        np.testing.assert_allclose(cas, cas_t, atol=TOL, rtol=0)
+        np.testing.assert_allclose(weights, weights_t, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["column", "window-onnxruntime"])
+def test_streamed_transition_weights_equal_the_offline_ones(kind, torch_model, full_weights, request):
+    """``last_transition_weights`` after every push / flush, concatenated, is the offline pass's W."""
+    import torch
+
+    features = np.random.default_rng(7).normal(size=(23, D)).astype(np.float32)
+    with torch.inference_mode():
+        expected = torch_model.export_forward(torch.from_numpy(features)[None], with_weights=True)[2][0].numpy()
+    head = make_head(kind, full_weights, request)
+    at, parts = 0, []
+    for size in (1, 4, 2, 9, 7):
+        head.push(features[at:at + size])
+        parts.append(head.last_transition_weights())
+        at += size
+    head.flush()
+    parts.append(head.last_transition_weights())
+    np.testing.assert_allclose(np.concatenate(parts), expected, atol=TOL, rtol=0)
+
+
+def test_a_head_without_transition_tensors_has_no_weights(weights):
+    head = ColumnHead(weights)
+    head.push(np.zeros((6, D), np.float32))
+    assert head.last_transition_weights() is None

@@ -48,7 +48,7 @@ def test_streamed_map_is_within_ten_percent_of_offline(trained):
     videos, which the protocol subsamples to ``data.t_fixed`` columns and the stream does not (README,
     Streaming). Against the offline pipeline fed the stream's columns, which differs from the stream only in
     seeing the whole video, both ways."""
-    from ecm_edge.bench.stream import measure_parity
+    from ecm_edge.parity import measure_parity
 
     run, data = trained
     result = measure_parity(run, data)
@@ -93,9 +93,10 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_offline_at_the_stream_rate_is_the_offline_protocol_when_the_rates_agree(tiny_run):
-    from ecm_edge.bench.stream import offline_at_rate
     from ecm_edge.data.dataset import VideoDataset
-    from ecm_edge.train.inference import detections_from_raw, load_inference_model, predict_dataset_raw
+    from ecm_edge.parity import offline_at_rate
+    from ecm_edge.rawpred import detections_from_raw
+    from ecm_edge.train.inference import load_inference_model, predict_dataset_raw
 
     run, data = tiny_run
     deployed = load_inference_model(run)
@@ -115,7 +116,7 @@ def test_offline_at_the_stream_rate_is_the_offline_protocol_when_the_rates_agree
 
 
 def test_parity_reports_the_stream_against_both_offline_pipelines(tiny_run):
-    from ecm_edge.bench.stream import measure_parity
+    from ecm_edge.parity import measure_parity
 
     run, data = tiny_run
     result = measure_parity(run, data)

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ecm_edge import __version__
 from ecm_edge.errors import CheckpointError
 from ecm_edge.io import atomic_path
+from ecm_edge.version import __version__
 
 CHECKPOINT_FORMAT = "ecm-edge/train-state"
 CHECKPOINT_FORMAT_VERSION = 1

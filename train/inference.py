@@ -3,7 +3,8 @@
 The network part runs the pre-stream only (:meth:`ECM.export_forward`) on features resampled uniformly to
 ``T_fixed`` snippets, as the reference tests; the CAS then spans the whole video, and the post-processing
 (docs/design.md §5) maps it back to time by interpolating to the video's frame count. The raw network outputs are
-kept as :class:`~ecm_edge.rawpred.RawPredictions` so thresholds can be re-tuned without the network.
+kept as :class:`~ecm_edge.rawpred.RawPredictions` so thresholds can be re-tuned without the network; the
+post-processing itself (:func:`~ecm_edge.rawpred.detections_from_raw`) is torch-free and lives there.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,8 +21,8 @@ from ecm_edge.data.annotations import Annotations
 from ecm_edge.data.dataset import VideoDataset, resample_features
 from ecm_edge.data.features import load_npy, read_feature_file
 from ecm_edge.errors import CheckpointError, DataError
-from ecm_edge.rawpred import RawPredictions
-from ecm_edge.train.deploy import DeployModel, load_deploy
+from ecm_edge.rawpred import RawPredictions, detections_from_raw
+from ecm_edge.train.deploy import DeployModel, deploy_from_training_state, load_deploy
 from ecm_edge.train.model import ECM
 
 logger = logging.getLogger("ecm_edge")
@@ -151,22 +151,6 @@ class _LazyFiles(Sequence):
         return read_feature_file(self.files[index], self.ids[index], self.dim)
 
 
-def detections_from_raw(raw: RawPredictions, cfg: Config,
-                        source_name: str = "these raw predictions") -> dict[str, list[dict[str, Any]]]:
-    """Post-process raw predictions (docs/design.md §5) into an ActivityNet results mapping, thresholding the rows
-    ``cfg.post.score_source`` names."""
-    from ecm_edge.evaluation import detections_to_results
-    from ecm_edge.kernels.params import PostParams
-    from ecm_edge.postprocess import localize_batch
-
-    params = PostParams.from_config(cfg.post)
-    dets = localize_batch(raw.cas, raw.video_scores, lengths=raw.lengths, num_frames=raw.num_frames,
-                          fps=raw.fps, duration=raw.duration, params=params, backend=cfg.post.backend,
-                          video_ids=raw.video_ids, weights=raw.weights, score_source=cfg.post.score_source,
-                          source_name=source_name)
-    return detections_to_results(dets, raw.video_ids, raw.class_names)
-
-
 def evaluate_raw(raw: RawPredictions, ground_truth: Annotations, cfg: Config, ambiguous=None):
     """(results, EvalResult) of raw predictions against the ground truth of the same videos."""
     from ecm_edge.evaluation import evaluate_detections
@@ -179,29 +163,8 @@ def load_inference_model(checkpoint: str | Path, device: str | torch.device = "c
     """Deploy weights from a run folder, a ``model.safetensors`` file, or a ``last.pt`` / ``best.pt`` state."""
     path = Path(checkpoint)
     if path.suffix == ".pt":
-        return _deploy_from_training_state(path, device)
+        return deploy_from_training_state(path, device)
     return load_deploy(path, device=device)
-
-
-def _deploy_from_training_state(path: Path, device: str | torch.device) -> DeployModel:
-    from ecm_edge.config import config_from_dict
-    from ecm_edge.train.checkpoint import load_checkpoint
-    from ecm_edge.train.model import ECMDims
-
-    state = load_checkpoint(path)
-    try:
-        dims = ECMDims(**state["dims"])
-        raw_cfg = dict(state["config"])
-        name = raw_cfg.pop("name", "custom")
-        cfg = config_from_dict(raw_cfg, source=str(path))
-        cfg.name = name
-        model = ECM(dims)
-        model.load_state_dict(state["model"])
-    except (KeyError, TypeError, RuntimeError) as exc:
-        raise CheckpointError(f"{path} does not hold a usable ECM state ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-    model.to(device).eval()
-    return DeployModel(model, list(state["class_names"]), cfg, {"source": str(path), "epoch": state.get("epoch")})
 
 
 def check_class_names(model_classes: Sequence[str], data_classes: Sequence[str], checkpoint: str | Path,

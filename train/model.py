@@ -5,6 +5,9 @@ the pre-classification stream scores every snippet (the CAS) and pools the top-k
 post-classification stream first aggregates the input features with per-class foreground weights
 (the weight-transition module applied to the CAS) and classifies the aggregate. Only the pre-stream is needed at
 inference, so :meth:`ECM.export_forward` returns just that.
+
+The layer shapes, the activation slope, the dropout and the top-k rule come from :mod:`ecm_edge.architecture`,
+which the ONNX export and the torch-free numpy head read as well.
 """
 
 from __future__ import annotations
@@ -15,6 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ecm_edge.architecture import (
+    CLASSIFIER_BIAS,
+    DROPOUT,
+    KERNEL_SIZE,
+    LEAKY_SLOPE,
+    PADDING,
+    POINTWISE_KERNEL,
+    TRANSITION_BIAS,
+    clipped_topk,
+)
 from ecm_edge.config import Config
 
 PHASES = 3  # the post-stream splits the snippets into this many interleaved phases
@@ -25,9 +38,9 @@ class ECMDims:
     feature_dim: int  # D
     hidden_dim: int  # H
     num_classes: int  # C
-    topk: int  # k of the top-k video score, int(T_fixed · r)
-    dropout: float = 0.5
-    leaky_slope: float = 0.01
+    topk: int  # k of the top-k video score, ecm_edge.architecture.topk_count(T_fixed, r)
+    dropout: float = DROPOUT
+    leaky_slope: float = LEAKY_SLOPE
     normalize_aggregation: bool = False
 
     @classmethod
@@ -51,12 +64,12 @@ class ECM(nn.Module):
         super().__init__()
         self.dims = dims
         d, h, c = dims.feature_dim, dims.hidden_dim, dims.num_classes
-        self.conv1 = nn.Conv1d(d, h, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv1d(h, h, kernel_size=3, padding=1)
+        self.conv1 = nn.Conv1d(d, h, kernel_size=KERNEL_SIZE, padding=PADDING)
+        self.conv2 = nn.Conv1d(h, h, kernel_size=KERNEL_SIZE, padding=PADDING)
         self.act = nn.LeakyReLU(dims.leaky_slope)
         self.dropout = nn.Dropout(dims.dropout)
-        self.classifier = nn.Conv1d(h, c, kernel_size=1, bias=False)
-        self.transition = nn.Conv1d(c, c, kernel_size=1, bias=True)
+        self.classifier = nn.Conv1d(h, c, kernel_size=POINTWISE_KERNEL, bias=CLASSIFIER_BIAS)
+        self.transition = nn.Conv1d(c, c, kernel_size=POINTWISE_KERNEL, bias=TRANSITION_BIAS)
 
     # -- the shared parts -------------------------------------------------------------------------------------
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,21 +79,31 @@ class ECM(nn.Module):
     def embed_steps(self, x: torch.Tensor) -> torch.Tensor:
         """Φ for short sequences (the post-stream's 3 phases): [N, D, S] → [N, H, S], equal to :meth:`embed`.
 
-        Each k=3, pad=1 convolution runs as one matrix product over the unfolded windows, which on CPU is about
-        2.5× faster than a convolution over N sequences of length 3.
+        Each zero-padded temporal convolution runs as one matrix product over the unfolded windows, which on CPU
+        is faster than a convolution over N sequences that short.
         """
-        hidden = self.act(_conv3_as_matmul(x, self.conv1))
-        return self.dropout(self.act(_conv3_as_matmul(hidden, self.conv2)))
+        hidden = self.act(_same_conv_as_matmul(x, self.conv1))
+        return self.dropout(self.act(_same_conv_as_matmul(hidden, self.conv2)))
+
+    def class_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """The CAS with zero padding (the offline pass): x [B, D, T] → cas [B, C, T]."""
+        return self.classifier(self.embed(x))
+
+    def valid_class_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """The CAS without padding, for inference (no dropout): a window x [B, D, W] → cas [B, C, W − 2·R] of its
+        centre columns, R = ``ecm_edge.architecture.RECEPTIVE_RADIUS`` (the streaming graph)."""
+        hidden = self.act(F.conv1d(x, self.conv1.weight, self.conv1.bias))
+        hidden = self.act(F.conv1d(hidden, self.conv2.weight, self.conv2.bias))
+        return F.conv1d(hidden, self.classifier.weight)
 
     def video_score(self, cas: torch.Tensor) -> torch.Tensor:
         """Mean of the top-k CAS values over time; k is clipped to T for clips shorter than k."""
-        k = min(self.dims.topk, cas.shape[-1])
-        return torch.topk(cas, k, dim=-1).values.mean(dim=-1)
+        return topk_mean(cas, clipped_topk(self.dims.topk, cas.shape[-1]))
 
     # -- the streams -------------------------------------------------------------------------------------------
     def pre_stream(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, D, T] → (cas [B, C, T], score_pre [B, C])."""
-        cas = self.classifier(self.embed(x))
+        cas = self.class_activation(x)
         return cas, self.video_score(cas)
 
     def transition_weights(self, cas: torch.Tensor) -> torch.Tensor:
@@ -130,7 +153,7 @@ class ECM(nn.Module):
         """Deployment forward: features [B, T, D] → (cas [B, T, C], video_scores [B, C] = softmax(score_pre)),
         and with ``with_weights`` a third output, the transition weights W = sigmoid(conv1x1(cas)) [B, T, C]."""
         cas, score_pre = self.pre_stream(features.transpose(1, 2))
-        outputs = (cas.transpose(1, 2), torch.softmax(score_pre, dim=-1))
+        outputs = (cas.transpose(1, 2), class_probabilities(score_pre))
         if with_weights:
             outputs += (self.transition_weights(cas).transpose(1, 2),)
         return outputs
@@ -139,12 +162,23 @@ class ECM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def _conv3_as_matmul(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """``conv(x)`` for a kernel-3, padding-1 Conv1d, as one matrix product: [N, C_in, S] → [N, C_out, S]."""
+def topk_mean(cas: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
+    """Mean of the k largest CAS values over time: cas [B, C, T] → [B, C]; ``k`` may be a graph value (export)."""
+    return torch.topk(cas, k, dim=2).values.mean(dim=2)
+
+
+def class_probabilities(video_score: torch.Tensor) -> torch.Tensor:
+    """The deployed video scores: softmax over the classes of the top-k means, [B, C] → [B, C]."""
+    return torch.softmax(video_score, dim=1)
+
+
+def _same_conv_as_matmul(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """``conv(x)`` for a temporal Conv1d of :data:`KERNEL_SIZE` with :data:`PADDING`, as one matrix product:
+    [N, C_in, S] → [N, C_out, S]."""
     n, c_in, steps = x.shape
-    windows = F.pad(x, (1, 1)).unfold(2, 3, 1)  # [N, C_in, S, 3]
-    columns = windows.permute(0, 2, 1, 3).reshape(n, steps, c_in * 3)
-    out = columns @ conv.weight.reshape(conv.out_channels, c_in * 3).t()
+    windows = F.pad(x, (PADDING, PADDING)).unfold(2, KERNEL_SIZE, 1)  # [N, C_in, S, K]
+    columns = windows.permute(0, 2, 1, 3).reshape(n, steps, c_in * KERNEL_SIZE)
+    out = columns @ conv.weight.reshape(conv.out_channels, c_in * KERNEL_SIZE).t()
     if conv.bias is not None:
         out = out + conv.bias
     return out.transpose(1, 2)

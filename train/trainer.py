@@ -39,11 +39,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ecm_edge.config import Config, apply_override, config_from_dict
+from ecm_edge.config import Config, apply_override, config_from_stored
 from ecm_edge.data.dataset import VideoDataset, resample_features
+from ecm_edge.data.rate import parse_columns_per_snippet, training_rate
 from ecm_edge.errors import CheckpointError, ConfigError, DataError, EcmEdgeError
 from ecm_edge.io import atomic_write_text, next_run_dir
-from ecm_edge.runtime.resample import parse_columns_per_snippet, training_rate
 from ecm_edge.train import distributed as ddp
 from ecm_edge.train.background import aggregated_scores, background_scores
 from ecm_edge.train.checkpoint import (
@@ -210,7 +210,7 @@ def open_training_data(data_dir: str | Path, cfg: Config) -> tuple[VideoDataset,
 def with_stream_rate(cfg: Config, train_set: VideoDataset) -> Config:
     """``cfg`` with ``stream.columns_per_snippet: auto`` replaced by the rate this network trains at (the median
     ``t_fixed / length`` of its training videos), so the run's config, and with it the deploy and export
-    folders, tell the stream how to resample (``ecm_edge.runtime.resample``)."""
+    folders, tell the stream how to resample (``ecm_edge.data.rate``, ``ecm_edge.runtime.resample``)."""
     if parse_columns_per_snippet(cfg.stream.columns_per_snippet) is not None:
         return cfg
     lengths = [train_set.num_snippets(video_id) for video_id in train_set.video_ids]
@@ -507,10 +507,7 @@ def find_resume_dir(resume: str | Path, project: str | Path) -> Path:
 def config_for_resume(run_dir: Path, overrides: tuple[str, ...] | list[str] = ()) -> tuple[Config, str | None]:
     """The config a run was trained with (from ``last.pt``), plus ``overrides``; and its data folder."""
     checkpoint = load_checkpoint(run_dir / LAST_NAME)
-    raw = dict(checkpoint["config"])
-    name = raw.pop("name", "custom")
-    cfg = config_from_dict(raw, source=str(run_dir / LAST_NAME))
-    cfg.name = name
+    cfg = config_from_stored(checkpoint["config"], source=str(run_dir / LAST_NAME))
     for item in overrides:
         apply_override(cfg, item)
     return cfg, checkpoint.get("data_dir")

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from ecm_edge.bench import BenchSection
-from ecm_edge.bench.timing import time_call
 from ecm_edge.data.annotations import Annotations, VideoAnnotation, load_activitynet_json, load_ambiguous
 from ecm_edge.evaluation import AMBIGUOUS_FILE_NAME, evaluate_detections
+from ecm_edge.timing import time_call
 
 DATA_ENV = "ECM_EDGE_THUMOS14"  # folder with gt.json (and reduced/Ambiguous_test.txt)
 NUM_DETECTIONS = 100_000

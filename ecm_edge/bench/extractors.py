@@ -16,7 +16,6 @@ import cv2
 import numpy as np
 
 from ecm_edge.bench import BenchSection
-from ecm_edge.bench.timing import time_call
 from ecm_edge.config import DataConfig
 from ecm_edge.runtime.extractors import (
     create_extractor,
@@ -24,6 +23,7 @@ from ecm_edge.runtime.extractors import (
     prepared_frames,
     rgb_network_input,
 )
+from ecm_edge.timing import time_call
 
 FRAME_SIZE = (320, 240)
 TINY_BATCH = 8

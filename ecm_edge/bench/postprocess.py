@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from ecm_edge.bench import BenchSection
-from ecm_edge.bench.timing import time_call
 from ecm_edge.config import load_config
 from ecm_edge.environment import cuda_gpu_visible
 from ecm_edge.kernels import PostParams, compare_detections
 from ecm_edge.postprocess import available_backends, localize, localize_batch
+from ecm_edge.timing import time_call
 
 logger = logging.getLogger("ecm_edge")
 

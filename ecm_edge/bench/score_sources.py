@@ -49,7 +49,8 @@ def _train_checkpoint(folder: Path, quick: bool) -> tuple[Path, Path, str]:
 
 def _section(checkpoint: Path, data_dir: Path, how: str) -> BenchSection:
     from ecm_edge.evaluation import evaluate_detections
-    from ecm_edge.train.inference import detections_from_raw, predict_dataset
+    from ecm_edge.rawpred import detections_from_raw
+    from ecm_edge.train.inference import predict_dataset
 
     raws: list = []
     _, ground_truth, cfg = predict_dataset(checkpoint, data_dir, "test", raw_out=raws)

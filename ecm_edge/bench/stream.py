@@ -9,10 +9,10 @@
   in numpy and on ONNX Runtime. Speedups are ratios of medians measured in the same run.
 - **Memory**: peak RSS of an ``ecm-edge stream --features`` process on the deploy folder, and the growth of
   Python-allocated memory over a long in-process stream (tracemalloc): the state is bounded by the horizon.
-- **Parity** (:func:`measure_parity`): detections of the streamed test features vs the offline pipeline on the
-  same checkpoint, and vs the offline pipeline fed the stream's columns (:func:`offline_at_rate`), mAP@0.5 of
-  each; run by the bench when a trained checkpoint is given through
-  ``ECM_EDGE_BENCH_CHECKPOINT`` and ``ECM_EDGE_BENCH_DATA`` (``tests/test_stream_parity.py`` trains one).
+- **Parity** (:mod:`ecm_edge.parity`): detections of the streamed test features vs the offline pipeline on the
+  same checkpoint, and vs the offline pipeline fed the stream's columns, mAP@0.5 of each; run by the bench when
+  a trained checkpoint is given through ``ECM_EDGE_BENCH_CHECKPOINT`` and ``ECM_EDGE_BENCH_DATA``
+  (``tests/test_stream_parity.py`` trains one).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from ecm_edge.bench import (
 )
 from ecm_edge.config import Config, load_config
 from ecm_edge.errors import MissingDependencyError
+from ecm_edge.parity import PARITY_IOU, measure_parity
 from ecm_edge.runtime.head import (
     BackendRunner,
     ColumnHead,
@@ -61,7 +62,6 @@ BASELINE_STEPS = {"full": 8, "quick": 5}  # horizon recomputations timed (each c
 WARMUP = 8
 MEMORY_SNIPPETS = {"full": 300, "quick": 300}  # snippets streamed by the peak-RSS process
 GROWTH_SNIPPETS = {"full": 400, "quick": 600}  # snippets streamed while tracemalloc watches
-PARITY_IOU = 0.5
 SNIPPET_SECONDS = 0.64  # 16 frames at 25 fps (the timing runs use nominal source times)
 
 
@@ -280,77 +280,3 @@ def _at_rate_note(result: dict[str, Any]) -> str:
         return ""
     return (f"; offline at the stream's rate (the same columns, seeing the whole video) "
             f"{result['offline_at_rate']:.4f}, streamed {result['relative_at_rate']:+.1%} relative to it")
-
-
-def measure_parity(checkpoint: str | Path, data_dir: str | Path, split: str = "test",
-                   overrides: tuple[str, ...] = ()) -> dict[str, Any]:
-    """mAP@0.5 of the offline pipeline and of the stream (each test video replayed snippet by snippet, as
-    ``ecm-edge stream --features``, then flushed) on the same checkpoint and features; ``relative`` is
-    (stream − offline) / offline.
-
-    ``offline_at_rate`` (score source ``cas`` only, else None) is the offline pipeline fed the way the stream is
-    fed: each video resampled to ⌈T·ρ⌉ columns at the stream's rate ρ instead of ``data.t_fixed``, scored and
-    normalized over the whole video, post-processed offline. It differs from the stream only in seeing the future;
-    ``relative_at_rate`` compares the stream with it."""
-    from ecm_edge.data.dataset import VideoDataset
-    from ecm_edge.evaluation import evaluate_detections
-    from ecm_edge.runtime.localizer import Localizer
-    from ecm_edge.train.inference import predict_dataset
-
-    offline, ground_truth, cfg = predict_dataset(checkpoint, data_dir, split, overrides)
-    dataset = VideoDataset.open(data_dir, cfg, split)
-    streamed: dict[str, list[dict[str, Any]]] = {}
-    localizer = Localizer.from_artifacts(checkpoint, overrides=overrides)
-    for video_id in dataset.video_ids:
-        events = []
-        for i, row in enumerate(dataset.features(video_id)):  # each video on its own clock, from 0
-            events += localizer.push_features(row, start_time=0.0 if i == 0 else None)
-        events += localizer.flush()
-        streamed[video_id] = [{"label": e["label"], "score": e["score"], "segment": [e["start"], e["end"]]}
-                              for e in events if e["type"] == "segment"]
-    localizer.close()
-    rate = localizer.resampler.rate
-    iou = sorted({PARITY_IOU, *cfg.eval.iou_thresholds})
-    at = iou.index(PARITY_IOU)
-    offline_eval = evaluate_detections(offline, ground_truth, iou)
-    stream_eval = evaluate_detections(streamed, ground_truth, iou)
-    offline_map, stream_map = offline_eval.map[at], stream_eval.map[at]
-    at_rate = (evaluate_detections(offline_at_rate(checkpoint, dataset, cfg, rate), ground_truth, iou).map[at]
-               if cfg.post.score_source == "cas" else None)
-    return {"offline": offline_map, "stream": stream_map, "relative": _relative(stream_map, offline_map),
-            "offline_at_rate": at_rate, "relative_at_rate": None if at_rate is None else _relative(stream_map, at_rate),
-            "videos": len(dataset.video_ids),
-            "config": cfg.name, "columns_per_snippet": rate,
-            "offline_average": offline_eval.average, "stream_average": stream_eval.average,
-            "stream_segments": sum(len(v) for v in streamed.values()),
-            "offline_segments": sum(len(v) for v in offline.values())}
-
-
-def offline_at_rate(checkpoint: str | Path, dataset: Any, cfg: Config, rate: float) -> dict[str, list[dict]]:
-    """Offline detections (ActivityNet results) on the columns the stream builds at ``rate`` columns per snippet
-    (⌈T·rate⌉ per video) instead of ``data.t_fixed``; video scores and normalization over the whole video."""
-    from ecm_edge.rawpred import RawPredictions
-    from ecm_edge.runtime.online import CausalScorer
-    from ecm_edge.train.inference import detections_from_raw
-
-    weights, _ = load_head_weights(checkpoint)
-    ids = list(dataset.video_ids)
-    videos_cas = []
-    for video_id in ids:
-        features = dataset.features(video_id)
-        videos_cas.append(full_cas(weights, features[stream_indices(len(features), rate)]))
-    lengths = [len(c) for c in videos_cas]
-    cas = np.zeros((len(ids), weights.num_classes, max(lengths)), np.float32)
-    scores = np.zeros((len(ids), weights.num_classes), np.float32)
-    for i, video_cas in enumerate(videos_cas):
-        cas[i, :, :len(video_cas)] = video_cas.T
-        scores[i] = CausalScorer(weights.num_classes, len(video_cas), cfg.model.topk_ratio).push(video_cas)[0]
-    raw = RawPredictions(video_ids=ids, cas=cas, lengths=np.asarray(lengths), video_scores=scores,
-                         num_frames=np.asarray([dataset.num_frames(v) for v in ids]),
-                         fps=np.asarray([dataset.fps(v) for v in ids]),
-                         duration=np.asarray([dataset.duration(v) for v in ids]), class_names=dataset.class_names)
-    return detections_from_raw(raw, cfg)
-
-
-def _relative(value: float, reference: float) -> float:
-    return (value - reference) / reference if reference > 0 else float("inf")

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ecm_edge.bench import BenchSection
-from ecm_edge.bench.timing import time_call
 from ecm_edge.errors import MissingDependencyError
+from ecm_edge.timing import time_call
 
 
 @dataclass(frozen=True)

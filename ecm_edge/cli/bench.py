@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from ecm_edge.bench import PARTS, BenchSection
+from ecm_edge.cli.main import info
 from ecm_edge.environment import environment_report
 from ecm_edge.errors import EcmEdgeError
 from ecm_edge.io import atomic_write_text
@@ -38,7 +39,7 @@ def bench(parts: tuple[str, ...], output: Path | None, quick: bool, readme: Path
     sections = [environment_section()]
     for name in names:
         module, function = PARTS[name]
-        click.echo(f"bench {name} ...", err=True)
+        info(f"bench {name} ...")
         try:
             section: BenchSection = getattr(importlib.import_module(module), function)(quick=quick)
         except EcmEdgeError as exc:
@@ -48,10 +49,10 @@ def bench(parts: tuple[str, ...], output: Path | None, quick: bool, readme: Path
     click.echo(report)
     if output is not None:
         atomic_write_text(output, report)
-        click.echo(f"report written to {output}", err=True)
+        info(f"report written to {output}")
     if readme is not None:
         atomic_write_text(readme, replace_generated_section(readme.read_text(), report, str(readme)))
-        click.echo(f"performance section of {readme} regenerated", err=True)
+        info(f"performance section of {readme} regenerated")
 
 
 def replace_generated_section(text: str, report: str, where: str) -> str:

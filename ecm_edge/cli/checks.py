@@ -6,8 +6,8 @@ import json
 
 import click
 
-from ecm_edge import __version__
 from ecm_edge.environment import environment_report
+from ecm_edge.version import __version__
 
 
 @click.command()

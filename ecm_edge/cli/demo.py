@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from ecm_edge.cli.main import info
 from ecm_edge.demo import STAGES, DemoOptions, StageResult, run_demo, summary_tables
 
 _DEFAULTS = DemoOptions()
@@ -59,7 +60,7 @@ def demo(out_dir: Path, fresh: bool, num_videos: int, epochs: int | None, seed: 
 
 def _announce(name: str) -> None:
     index = STAGES.index(name) + 1
-    click.echo(f"[{index}/{len(STAGES)}] {name} ...", err=True)
+    info(f"[{index}/{len(STAGES)}] {name} ...")
 
 
 def _stage_line(result: StageResult) -> None:

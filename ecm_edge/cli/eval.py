@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ecm_edge.cli.main import info
 from ecm_edge.cli.options import config_options
 from ecm_edge.config import CHOICES, Config, load_config
 from ecm_edge.errors import ConfigError
@@ -148,8 +149,8 @@ def _score_checkpoint(checkpoint: Path, data_dir: Path, split: str, iou: list[fl
     if output is not None:
         write_predictions(output, results)
         gt_file = data_dir / "gt.json" if (data_dir / "gt.json").is_file() else "GT.json"
-        click.echo(f"detections of {len(results)} video(s) written to {output}; re-score them with: "
-                   f"ecm-edge eval --pred {output} --gt {gt_file} --subset {split}", err=True)
+        info(f"detections of {len(results)} video(s) written to {output}; re-score them with: "
+             f"ecm-edge eval --pred {output} --gt {gt_file} --subset {split}")
     ambiguous = _ambiguous(protocol or cfg.eval.protocol, ambiguous_path, data_dir)
     return evaluate_detections(results, ground_truth, iou or cfg.eval.iou_thresholds, ambiguous=ambiguous,
                                ignore_unknown=ignore_unknown)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import click
 
+from ecm_edge.cli.main import info
 from ecm_edge.cli.options import config_options, resolve_config
 from ecm_edge.runtime.extract import (
     SPLIT_CHOICES,
@@ -67,7 +68,7 @@ def extract(inputs: tuple[Path, ...], out_dir: Path, extractor: str, backbone_ar
     model = build_extractor(extractor, backbone_artifact, flow_artifact, backend, batch_size)
     skipped = sum(has_features(out_dir, job, model) for job in jobs) if not overwrite else 0
     if skipped:
-        click.echo(f"{skipped} of {len(jobs)} videos already have features (use --overwrite to redo them)", err=True)
+        info(f"{skipped} of {len(jobs)} videos already have features (use --overwrite to redo them)")
     started = time.perf_counter()
     results, skipped = extract_dataset(jobs, out_dir, model, cfg, batch_size=batch_size, overwrite=overwrite,
                                        show=sys.stderr.isatty() if progress is None else progress)

@@ -3,6 +3,9 @@
 Subcommands live in their own modules and are imported only when invoked, so ``ecm-edge --help`` and the
 runtime commands start without importing torch. Exit codes: 0 success, 1 runtime error (one line, no traceback
 unless ``--debug``), 2 usage error.
+
+Messages on stderr: info lines (what is being done, where results went) through :func:`info` or the ``ecm_edge``
+logger at INFO; ``-q`` silences both and keeps warnings and errors.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ import sys
 
 import click
 
-from ecm_edge import __version__
 from ecm_edge.errors import EcmEdgeError
+from ecm_edge.version import __version__
 
 # name -> (module, attribute, one-line help). Add a command by adding a line here.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -70,6 +73,7 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
     """Train, export and run ECM weakly supervised temporal action localization."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    ctx.obj["quiet"] = quiet
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -77,6 +81,15 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
+
+
+def info(message: str) -> None:
+    """An info line on stderr, unless ``-q`` was given (warnings and errors are not info: log or raise them)."""
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    if root is not None and isinstance(root.obj, dict) and root.obj.get("quiet"):
+        return
+    click.echo(message, err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,24 +27,20 @@ def postprocess(raw: Path, config_name: str, overrides: tuple[str, ...], backend
     Re-tune post-processing in seconds: e.g. --set post.mode=clean --set post.nms_iou=0.5, or threshold the
     transition weights instead of the CAS with --set post.score_source=weights (or fused).
     """
-    from ecm_edge.evaluation import detections_to_results, write_predictions
-    from ecm_edge.kernels.params import PostParams
-    from ecm_edge.postprocess import localize_batch, resolve_backend
-    from ecm_edge.rawpred import RawPredictions
+    from ecm_edge.evaluation import write_predictions
+    from ecm_edge.postprocess import resolve_backend
+    from ecm_edge.rawpred import RawPredictions, detections_from_raw
 
     cfg = resolve_config(config_name, overrides)
-    params = PostParams.from_config(cfg.post)
     name = resolve_backend(backend or cfg.post.backend)
     predictions = RawPredictions.load(raw)
     start = time.perf_counter()
-    dets = localize_batch(predictions.cas, predictions.video_scores, lengths=predictions.lengths,
-                          num_frames=predictions.num_frames, fps=predictions.fps, duration=predictions.duration,
-                          params=params, backend=name, video_ids=predictions.video_ids,
-                          weights=predictions.weights, score_source=cfg.post.score_source, source_name=str(raw))
+    results = detections_from_raw(predictions, cfg, source_name=str(raw), backend=name)
     seconds = time.perf_counter() - start
     output = output or raw.with_name(f"{raw.stem}.pred.json")
-    write_predictions(output, detections_to_results(dets, predictions.video_ids, predictions.class_names))
-    click.echo(f"{len(dets)} detections in {predictions.num_videos} videos ({params.mode} mode, {name} backend, "
+    write_predictions(output, results)
+    count = sum(len(v) for v in results.values())
+    click.echo(f"{count} detections in {predictions.num_videos} videos ({cfg.post.mode} mode, {name} backend, "
                f"{cfg.post.score_source} scores, "
                f"{seconds:.3f} s)")
     click.echo(f"wrote {output}")

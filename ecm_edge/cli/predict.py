@@ -44,8 +44,9 @@ def predict(checkpoint: Path, features_path: Path, output: Path, save_raw: Path 
     from tqdm import tqdm
 
     from ecm_edge.config import apply_override
+    from ecm_edge.rawpred import detections_from_raw
     from ecm_edge.train.distributed import DistContext
-    from ecm_edge.train.inference import detections_from_raw, load_inference_model, predict_files_raw
+    from ecm_edge.train.inference import load_inference_model, predict_files_raw
     from ecm_edge.train.trainer import resolve_device
 
     resolve_device(device, DistContext())

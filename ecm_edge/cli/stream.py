@@ -6,6 +6,12 @@ reader fills a bounded buffer (policy ``latest`` for live sources: stale frames 
 command's main thread runs snippet assembly, the extractor, the head and the causal post-processing, and a
 writer thread feeds the sinks (``--out``, ``--webhook``). Ctrl-C (or SIGTERM) and the end of a file flush the
 open segments and exit 0; a source that cannot be opened at the start exits 1 with one line.
+
+After a stop request the flush gets :data:`STOP_GRACE_S` seconds (a webhook that does not answer in time has its
+events spooled), and the process ends at the latest :data:`STOP_DEADLINE_S` seconds after the request, whatever
+blocks it. A sink that could not write events (a full disk) does not stop the stream or the other sinks, but the
+command exits 1 at the end with one line saying how many events were lost where; the reader of stdout leaving
+(``| head``) is not a loss and ends the stream quietly.
 """
 
 from __future__ import annotations
@@ -22,9 +28,16 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from ecm_edge.cli.main import info
 from ecm_edge.cli.options import config_options
+from ecm_edge.errors import EcmEdgeError
 from ecm_edge.runtime.localizer import BACKENDS, Localizer
-from ecm_edge.runtime.sinks import JsonlSink, WebhookSink
+from ecm_edge.runtime.sinks import JsonlSink, SinkLoss, WebhookSink
+
+log = logging.getLogger("ecm_edge")
+
+STOP_GRACE_S = 1.5  # after a stop request: time the sinks get to deliver before they spool what is left
+STOP_DEADLINE_S = 4.0  # after a stop request: the process ends by then even if something blocks the flush
 
 
 @click.command()
@@ -89,12 +102,12 @@ def stream(ctx: click.Context, camera: int | None, video: Path | None, url: str 
     except BaseException:
         localizer.close()
         raise
-    click.echo(f"stream: {source.description} → {localizer.backend} head from {artifacts}, "
-               f"{len(localizer.class_names)} classes, {localizer.resampler.rate:g} columns per snippet; "
-               f"events to {'stdout' if out == '-' else out}"
-               f"{f' and {webhook}' if webhook else ''}", err=True)
+    info(f"stream: {source.description} → {localizer.backend} head from {artifacts}, "
+         f"{len(localizer.class_names)} classes, {localizer.resampler.rate:g} columns per snippet; "
+         f"events to {'stdout' if out == '-' else out}{f' and {webhook}' if webhook else ''}")
     with _graceful_stop() as stop:
         stop.actions.append(source.close)  # a blocked read returns once the source is closed
+        stop.actions.append(lambda: localizer.dispatcher.hurry(STOP_GRACE_S))
         try:
             with source, _progress(len(source) if features is not None else None) as bar:
                 while (not stop.requested.is_set() and not out_sink.closed_by_reader
@@ -108,10 +121,16 @@ def stream(ctx: click.Context, camera: int | None, video: Path | None, url: str 
     if out_sink.closed_by_reader:  # the pipe's reader left (`| head`): nothing more to say on stdout
         _silence_stdout()
     dropped = f", {localizer.dropped_frames} stale frames dropped" if localizer.dropped_frames else ""
-    click.echo(f"stream: {localizer.stats.snippets} snippets, {segments} segments{dropped}", err=True)
+    info(f"stream: {localizer.stats.snippets} snippets, {segments} segments{dropped}")
+    _fail_on_losses(localizer.dispatcher.losses())
     if out != "-":
-        click.echo(f"events written to {out}; next: inspect them with `head {out}` or plot them with "
-                   f"`ecm-edge viz`", err=True)
+        info(f"events written to {out}; next: inspect them with `head {out}` or plot them with `ecm-edge viz`")
+
+
+def _fail_on_losses(losses: list[SinkLoss]) -> None:
+    """Events a sink could not write make the command fail, in one line: how many, where, why."""
+    if losses:
+        raise EcmEdgeError("; ".join(str(loss) for loss in losses))
 
 
 def _open(localizer: Localizer, camera: int | None, video: Path | None, url: str | None, features: Path | None,
@@ -120,7 +139,8 @@ def _open(localizer: Localizer, camera: int | None, video: Path | None, url: str
     from ecm_edge.runtime.sources import FeatureReplaySource, ReconnectPolicy, open_source
 
     if features is not None:
-        return FeatureReplaySource(features, realtime=realtime, snippet_seconds=localizer.snippet_seconds)
+        return FeatureReplaySource(features, realtime=realtime, snippet_seconds=localizer.snippet_seconds,
+                                   feature_dim=localizer.feature_dim)
     _quiet_opencv()
     cfg = localizer.config
     spec = camera if camera is not None else str(video) if video is not None else str(url)
@@ -167,10 +187,12 @@ class _Stop:
     action needs (the source's stop event while ``read`` waits on it).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, deadline_s: float = STOP_DEADLINE_S) -> None:
         self.requested = threading.Event()
         self.actions: list[Callable[[], None]] = []
+        self.deadline_s = deadline_s  # after a request: the process ends by then, flushed or not
         self._finished = False
+        self._done = threading.Event()
         self._watcher = threading.Thread(target=self._act_on_request, name="ecm-edge-stop", daemon=True)
 
     def __call__(self, signum: int, frame: object) -> None:
@@ -182,8 +204,9 @@ class _Stop:
         self._watcher.start()
 
     def finish(self) -> None:
-        """The loop is over: release the watcher without running the actions."""
+        """The command is done: release the watcher (without running the actions if none ran yet)."""
         self._finished = True
+        self._done.set()
         self.requested.set()
         self._watcher.join()
 
@@ -192,7 +215,20 @@ class _Stop:
         if self._finished:
             return
         for action in self.actions:
-            action()
+            try:
+                action()
+            except Exception:  # one failing action must not keep the others from running
+                log.debug("a stop action failed", exc_info=True)
+        if not self._done.wait(self.deadline_s):
+            self._give_up()
+
+    def _give_up(self) -> None:
+        """The flush is stuck (a blocked output, a hung receiver): end the process now, saying so."""
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(f"error: the stream did not finish within {self.deadline_s:g} s of the stop request; "
+                             "exiting without the rest of the flush\n")
+            sys.stderr.flush()
+        os._exit(1)
 
 
 @contextlib.contextmanager

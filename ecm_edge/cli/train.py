@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from ecm_edge.cli.main import info
 from ecm_edge.cli.options import config_options, resolve_config
 from ecm_edge.errors import EcmEdgeError
 
@@ -36,13 +37,16 @@ SELECTION_METRIC = "map_avg"
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--resume", default=None, metavar="RUN",
               help="Continue a run (its folder, its last.pt, or its name) from its last checkpoint.")
+@click.option("--redeploy", default=None, metavar="RUN",
+              help="Only rebuild a run's deploy weights (model.safetensors + model.json) from its best.pt, e.g. "
+                   "after they were corrupted or lost; trains nothing.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes for DistributedDataParallel (runs torchrun; gloo on CPU, NCCL on GPU).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None, hidden=True)
 @click.pass_context
 def train(ctx: click.Context, config_name: str, overrides: tuple[str, ...], data_dir: Path | None, name: str | None,
-          project: str, device: str, resume: str | None, nproc: int, progress: bool | None,
+          project: str, device: str, resume: str | None, redeploy: str | None, nproc: int, progress: bool | None,
           run_dir: Path | None) -> None:
     """Train ECM (docs/design.md §3) with Adam, evaluating mAP on held-out training videos every epoch.
 
@@ -53,9 +57,17 @@ def train(ctx: click.Context, config_name: str, overrides: tuple[str, ...], data
       ecm-edge train --config thumos14 --data data/thumos14 --device cuda --set train.amp=bf16
       ecm-edge train --resume runs/train/exp
       ecm-edge train --config small --data data/small --nproc 2
+      ecm-edge train --redeploy runs/train/exp
     """
-    from ecm_edge.train import distributed as ddp
     from ecm_edge.train import trainer
+    from ecm_edge.train.worker import train_process
+
+    if redeploy:
+        from ecm_edge.train.deploy import rebuild_deploy
+
+        weights = rebuild_deploy(Path(redeploy) if Path(redeploy).is_dir() else trainer.find_resume_dir(redeploy, project))
+        info(f"deploy weights rebuilt: {weights} (+ {weights.with_name('model.json').name})")
+        return
 
     if resume:
         run_dir = trainer.find_resume_dir(resume, project) if run_dir is None else run_dir
@@ -75,23 +87,9 @@ def train(ctx: click.Context, config_name: str, overrides: tuple[str, ...], data
                             progress)
         return
 
-    dist = ddp.init_distributed(device)
-    if not dist.is_main:
-        logger.setLevel(logging.WARNING)
-    try:
-        if run_dir is None:
-            run_dir = trainer.resolve_run_dir(project, name, dist)
-        if dist.is_main:
-            click.echo(f"training {cfg.name} on {data_dir} ({device}"
-                       f"{f', {dist.world_size} processes' if dist.enabled else ''}) → {run_dir}", err=True)
-        summary = trainer.train(cfg, data_dir, run_dir, device=device, resume=bool(resume), progress=progress)
-    except BaseException:
-        if dist.is_main and run_dir is not None and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # a run that failed before its first file leaves no empty folder behind
-        raise
-    finally:
-        ddp.shutdown_distributed()
-    if dist.is_main:
+    summary = train_process(cfg, data_dir, project=project, name=name, run_dir=run_dir, device=device,
+                            resume=bool(resume), progress=progress)
+    if summary is not None:  # rank 0 (or the only process)
         _report(summary, data_dir)
 
 
@@ -109,7 +107,7 @@ def _launch_distributed(nproc: int, cfg: Any, config_name: str, overrides: tuple
     if progress is not None:
         args.append("--progress" if progress else "--no-progress")
     command = launch_command(nproc, args)
-    click.echo(f"launching {nproc} processes: {' '.join(command)}", err=True)
+    info(f"launching {nproc} processes: {' '.join(command)}")
     code = subprocess.call(command)
     if code != 0:
         raise EcmEdgeError(f"distributed training failed (torchrun exit code {code}); see the messages above")

@@ -182,6 +182,7 @@ def load_ambiguous(path: str | Path) -> dict[str, np.ndarray]:
             vid, start, end = parts[0], float(parts[1]), float(parts[2])
         except (IndexError, ValueError):
             raise DataError(f"{path}:{lineno}: expected 'video start end', got {line!r}") from None
+        _check_segment(start, end, f"{path}:{lineno}: video {vid!r}")
         spans.setdefault(vid, []).append((start, end))
     return {vid: np.asarray(s, dtype=np.float64).reshape(-1, 2) for vid, s in spans.items()}
 
@@ -221,6 +222,9 @@ def _check_segment(start: float, end: float, where: str) -> None:
         raise DataError(f"{where}: segment bounds must be finite, got [{start}, {end}]")
     if end < start:
         raise DataError(f"{where}: segment ends before it starts ([{start}, {end}])")
+    if start < 0:
+        raise DataError(f"{where}: segment has a negative time ([{start}, {end}]); times are seconds from the "
+                        "start of the video, so they must be >= 0")
 
 
 def _optional_float(value: object, where: str) -> float | None:

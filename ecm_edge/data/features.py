@@ -63,27 +63,49 @@ def validate_features(array: np.ndarray, video_id: str, source: str, feature_dim
 
 def load_npy(path: Path, video_id: str, mmap: bool = False) -> np.ndarray:
     """``np.load`` of one per-video feature file, with every failure turned into a :class:`DataError`."""
+    return open_npy(path, f"features of video {video_id!r}: file {path}", mmap=mmap)
+
+
+def open_npy(path: Path, where: str, mmap: bool = False) -> np.ndarray:
+    """``np.load`` of a plain numeric .npy file; every failure a :class:`DataError` that starts with ``where``.
+
+    The signature is checked first: numpy would try any other file as a pickle and report "pickled (object)
+    data" for a text file, and an empty file as an EOFError (which click would even turn into "Aborted.").
+    """
+    path = Path(path)
     if not path.is_file():
-        raise DataError(f"features of video {video_id!r}: file {path} does not exist")
+        raise DataError(f"{where} does not exist")
     if path.stat().st_size == 0:
-        raise DataError(f"features of video {video_id!r}: file {path} is empty (0 bytes); re-extract it")
+        raise DataError(f"{where} is empty (0 bytes); re-extract it")
     try:
         with open(path, "rb") as f:
             magic = f.read(len(NPY_MAGIC))
     except OSError as exc:
-        raise DataError(f"features of video {video_id!r}: file {path} cannot be read ({exc})") from None
+        raise DataError(f"{where} cannot be read ({exc})") from None
     if magic != NPY_MAGIC:
-        raise DataError(f"features of video {video_id!r}: file {path} cannot be read as .npy (it does not start "
-                        "with the NumPy file signature); re-extract it or remove it")
+        raise DataError(f"{where} cannot be read: it is not a .npy file (it does not start with the NumPy file "
+                        f"signature{_looks_like(magic)}); re-extract it with np.save, or remove it")
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except ValueError as exc:
         if "allow_pickle" in str(exc):
-            raise DataError(f"features of video {video_id!r}: file {path} holds pickled Python objects; a per-video "
-                            "feature file must be a plain numeric .npy array [T, D]") from None
-        raise DataError(f"features of video {video_id!r}: file {path} is not a readable .npy file ({exc})") from None
+            raise DataError(f"{where} holds pickled Python objects; a per-video feature file must be a plain "
+                            "numeric .npy array [T, D]") from None
+        raise DataError(f"{where} is not a readable .npy file ({exc})") from None
     except (OSError, EOFError) as exc:
-        raise DataError(f"features of video {video_id!r}: file {path} cannot be read ({exc})") from None
+        raise DataError(f"{where} cannot be read ({exc or type(exc).__name__}); it may be truncated: "
+                        "re-extract it") from None
+
+
+def _looks_like(head: bytes) -> str:
+    """What a file that is not .npy seems to be, from its first bytes (for the message)."""
+    if head.startswith(b"PK"):
+        return "; it looks like a .npz archive or another zip file"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+    return "; it looks like a text file" if all(c.isprintable() or c in "\t\r\n" for c in text) else ""
 
 
 def read_feature_file(path: str | Path, video_id: str, feature_dim: int) -> np.ndarray:

@@ -9,24 +9,20 @@ Timelines
 ---------
 Per video: duration, frame rate, classes, and action instances (start, end, class). They come either from an
 annotation file (``--timeline gt.json`` reproduces THUMOS14's real instance layout; a video without a duration
-lasts until its last instance plus a tail drawn from the measured tail distribution) or from distributions
-fitted to THUMOS14. Measured on the 410 annotated videos of THUMOS14 (``gt.json``: 200 train = the validation
-set, 210 test; durations from W-TALC's ``duration.npy``):
+lasts until its last instance plus a tail drawn from the tail distribution) or from distributions fitted to
+THUMOS14's annotations (:class:`TimelineStatistics`):
 
-- durations: train median 150.5 s, mean 209.0 s, range 8.9–1409.4 s; test median 161.7 s, mean 217.3 s,
-  range 15.0–1673.4 s; ln(duration) has mean 4.979, std 0.880 → log-normal, truncated to the preset's range;
-- instances per video: median 8 (train) / 9 (test), mean 15.0 / 15.8, max 128 / 218; they grow with the
-  duration (correlation of the logs 0.65): ln n = −2.155 + 0.854·ln(duration) + N(0, 0.885²);
-- instance lengths: median 2.9 s (train) / 3.2 s (test), mean 4.0 / 4.5 s, range 0.2–118.1 s, ln-length
-  mean 1.108, std 0.835. Classes differ: the per-class mean of ln-length has mean 1.149 and spread 0.586 across
-  the 20 classes (median length 1.1 s for CricketShot to 8.75 s for CleanAndJerk), within-class std 0.615;
-- action coverage (instance time / duration): median 0.25, mean 0.31, 90th percentile 0.65 (capped at 0.95);
-- classes per video: one 85.1 %, two 14.6 %, three 0.2 %. Two-class videos are almost all fixed companion
-  pairs (CricketBowling + CricketShot in 27, CliffDiving + Diving in 26 of the 60): 4 of 20 classes come in
-  pairs, and a video of a paired class shows the companion too with probability 0.6 (27 of 40, 26 of 46);
-  any other second class has probability 0.02;
-- time after the last instance: median 13.4 s, quartiles 5.2 / 26.4 s, ln mean 2.423, std 1.343;
-- source frame rate: 30 fps for 397 videos, 25 for 11, 24 for 2.
+- durations: log-normal, truncated to the preset's range;
+- instances per video: log-linear in the duration, ``ln n = intercept + slope · ln(duration) + noise``;
+- instance lengths: log-normal around a per-class mean, clipped to the observed range; the instances of a video
+  cover at most ``max_coverage`` of it;
+- classes per video: one main class; a share of the classes comes in companion pairs (look-alike actions that
+  appear together) whose companion joins with a fixed probability, and any other second class is rare;
+- time after the last instance: log-normal;
+- source frame rate: drawn from the frame rates THUMOS14's videos have.
+
+The measured values behind these constants, and the command that regenerates them, are in docs/design.md
+(Decisions, Synthetic data).
 
 Features
 --------
@@ -44,12 +40,10 @@ Snippet ``t`` (0.64 s) of a video is ``relu(pre[t]) · FEATURE_SCALE`` with ``pr
 
 Everything but the noise is non-negative, and the ReLU keeps the features so (I3D features are post-ReLU).
 ``difficulty`` (0..1) scales noise, context, non-action motion, nuisance, the overlap between class signatures
-and how strongly the scene predicts the class. A ridge classifier over single snippets, fit with snippet labels
-on the train videos of the ``small`` preset (seed 0), scores on its test videos (class accuracy on action
-snippets / action-vs-background AUC): 0.983 / 0.999 at difficulty 0, 0.980 / 0.999 at 0.5 (the default),
-0.944 / 0.995 at 1 (``tests/test_synth.py`` checks the default). Weak supervision is what makes it hard: the
-leak of class evidence into the two snippets around an instance grows from 0.18 to 0.41 of the instance's own
-evidence between difficulty 0 and 1 (30 videos of the ``small`` preset).
+and how strongly the scene predicts the class. Single snippets stay separable by class, while the class evidence
+that leaks just outside the instances grows with the difficulty: that leak, not the snippet classification, is
+what weak supervision has to overcome. ``tests/test_synth.py`` checks both properties; the measured figures are
+in docs/design.md (Decisions, Synthetic data).
 """
 
 from __future__ import annotations
@@ -64,10 +58,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ecm_edge import __version__
 from ecm_edge.data.annotations import Annotations, VideoAnnotation, load_annotations
 from ecm_edge.errors import ConfigError, DataError
 from ecm_edge.io import atomic_path, atomic_write_json, atomic_write_text
+from ecm_edge.version import __version__
 
 logger = logging.getLogger("ecm_edge")
 
@@ -79,7 +73,8 @@ FEATURE_SCALE = 0.5  # global scale: features average about 1 per channel at the
 
 @dataclass(frozen=True)
 class TimelineStatistics:
-    """THUMOS14's timeline statistics (measured, see the module docstring) that the sampler draws from."""
+    """THUMOS14's timeline statistics that the sampler draws from (measured on its annotations; the figures and
+    the command that regenerates them are in docs/design.md, Decisions, Synthetic data)."""
 
     log_duration_mean: float = 4.979
     log_duration_std: float = 0.880

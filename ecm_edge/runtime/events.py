@@ -11,13 +11,20 @@ Types and fields (times in seconds; ``start``/``end``/``time`` on the source's c
 - ``stats``: ``fps`` (input frames per second over the last interval; for feature input, snippets × frames per
   snippet), ``snippets`` (processed so far), ``dropped_frames``, ``step_ms_p50`` / ``step_ms_p99`` (head +
   post-processing per snippet over the recent steps).
+
+On the wire (JSONL and webhook sinks) every event also carries ``id``: unique, assigned once when the event is
+first handed to the sinks, and unchanged by webhook retries and spool re-sends (the webhook also sends it as the
+``Idempotency-Key`` header), so a receiver can drop an event it has already seen. It is ``<run>-<n>``: a random
+token per process and a counter. Python callbacks get the events as the pipeline returns them, without ``id``.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
+import uuid
 from collections import deque
 from typing import Any
 
@@ -33,6 +40,10 @@ STATS = "stats"
 EVENT_TYPES = (SEGMENT, SEGMENT_OPEN, SOURCE_LOST, SOURCE_RESTORED, STATS)
 
 STEP_HISTORY = 1000  # step latencies kept for the percentiles of `stats`
+
+ID_KEY = "id"
+_RUN_TOKEN = uuid.uuid4().hex[:12]  # one per process: ids of different runs never collide
+_COUNTER = itertools.count()  # next() is atomic under the GIL: ids stay unique across threads
 
 
 def _round(seconds: float) -> float:
@@ -56,6 +67,16 @@ def stats_event(fps: float, snippets: int, dropped_frames: int, step_ms_p50: flo
     return {"type": STATS, "fps": round(float(fps), 2), "snippets": int(snippets),
             "dropped_frames": int(dropped_frames), "step_ms_p50": round(float(step_ms_p50), 3),
             "step_ms_p99": round(float(step_ms_p99), 3), "emitted_at": time.time()}
+
+
+def new_event_id() -> str:
+    """A fresh event id, ``<run token>-<n>``: unique across runs and threads of this process."""
+    return f"{_RUN_TOKEN}-{next(_COUNTER)}"
+
+
+def with_id(event: Event) -> Event:
+    """The event with an ``id`` (a copy with a fresh one when it has none; the caller's dict is left alone)."""
+    return event if ID_KEY in event else {**event, ID_KEY: new_event_id()}
 
 
 def to_json_line(event: Event) -> str:

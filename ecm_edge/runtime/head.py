@@ -1,7 +1,9 @@
 """The ECM head run incrementally: each new snippet costs one column of work, not a whole window.
 
 The CAS of snippet t depends on snippets t−2 … t+2 only (two k=3 convolutions with zero padding, then a 1×1
-classifier), so it is final once snippet t+2 has arrived. Two ways to stream it, one contract
+classifier), so it is final once snippet t+2 has arrived. The layer shapes, the slope and that radius are
+:mod:`ecm_edge.architecture`'s (``KERNEL_SIZE``, ``PADDING``, ``LEAKY_SLOPE``, ``RECEPTIVE_RADIUS``,
+``STREAM_WINDOW``); the numbers in this text are their current values. Two ways to stream it, one contract
 (:class:`StreamingHead`: ``push(features [N, D]) -> cas [M, C]``, ``flush() -> cas [M, C]``):
 
 - :class:`ColumnHead` (the default for deploy folders, torch-free): the per-layer weights are read from
@@ -22,9 +24,9 @@ classifier), so it is final once snippet t+2 has arrived. Two ways to stream it,
 the benchmark).
 
 Both heads also give the transition weights ``W = sigmoid(conv1x1(CAS))`` of the columns their last ``push`` /
-``flush`` returned (:meth:`pop_weights`), for the ``weights`` and ``fused`` score sources: :class:`ColumnHead` from
-the ``transition.*`` tensors of the deploy weights, :class:`WindowHead` from the graphs' ``weights`` output. Heads
-whose artifacts predate that output return None there.
+``flush`` returned (:meth:`last_transition_weights`), for the ``weights`` and ``fused`` score sources:
+:class:`ColumnHead` from the ``transition.*`` tensors of the deploy weights, :class:`WindowHead` from the graphs'
+``weights`` output. Heads whose artifacts predate that output return None there.
 """
 
 from __future__ import annotations
@@ -37,15 +39,25 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ecm_edge.deploy_format import META_NAME, WEIGHTS_NAME, read_deploy_meta
+from ecm_edge.architecture import (
+    HEAD_TENSORS,
+    KERNEL_SIZE,
+    LEAKY_SLOPE,
+    PADDING,
+    RECEPTIVE_RADIUS,
+    STREAM_WINDOW,
+    TRANSITION_TENSORS,
+)
+from ecm_edge.deploy_format import (
+    check_deploy_meta,
+    check_finite,
+    deploy_paths,
+    read_deploy_meta,
+    verify_weights_hash,
+)
 from ecm_edge.errors import CheckpointError, DataError
 
 log = logging.getLogger("ecm_edge")
-
-RECEPTIVE_RADIUS = 2  # the CAS of snippet t is final once snippet t + 2 has arrived
-WINDOW = 2 * RECEPTIVE_RADIUS + 1  # columns a valid-padding window needs for one output column
-HEAD_TENSORS = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "classifier.weight")
-TRANSITION_TENSORS = ("transition.weight", "transition.bias")  # optional: the weight-transition head
 
 
 class StreamingHead(Protocol):
@@ -64,9 +76,9 @@ class StreamingHead(Protocol):
 
     def reset(self) -> None: ...
 
-    def pop_weights(self) -> np.ndarray | None:
+    def last_transition_weights(self) -> np.ndarray | None:
         """The transition weights ``[M, C]`` of the columns the last ``push`` / ``flush`` returned, or None when
-        the head's artifacts have no weight-transition output."""
+        the head's artifacts have no weight-transition output. It reads the last call's result and keeps it."""
         ...
 
     def close(self) -> None:
@@ -78,12 +90,12 @@ class StreamingHead(Protocol):
 class HeadWeights:
     """The pre-stream of ECM as plain arrays (float32)."""
 
-    conv1_weight: np.ndarray  # [H, D, 3]
+    conv1_weight: np.ndarray  # [H, D, K], K = KERNEL_SIZE
     conv1_bias: np.ndarray  # [H]
-    conv2_weight: np.ndarray  # [H, H, 3]
+    conv2_weight: np.ndarray  # [H, H, K]
     conv2_bias: np.ndarray  # [H]
-    classifier_weight: np.ndarray  # [C, H] (the k=1 kernel squeezed)
-    leaky_slope: float = 0.01
+    classifier_weight: np.ndarray  # [C, H] (the pointwise kernel squeezed)
+    leaky_slope: float = LEAKY_SLOPE
     transition_weight: np.ndarray | None = None  # [C, C] (k=1 squeezed); None: not in the weights file
     transition_bias: np.ndarray | None = None  # [C]
 
@@ -107,7 +119,7 @@ class HeadWeights:
         return self.classifier_weight.shape[0]
 
     @classmethod
-    def from_state(cls, state: dict[str, np.ndarray], leaky_slope: float = 0.01, source: str = "weights"
+    def from_state(cls, state: dict[str, np.ndarray], leaky_slope: float = LEAKY_SLOPE, source: str = "weights"
                    ) -> HeadWeights:
         """Pick the head tensors out of an ECM state dict (torch-style names) and check their shapes."""
         missing = [k for k in HEAD_TENSORS if k not in state]
@@ -119,10 +131,11 @@ class HeadWeights:
         wc = np.asarray(state["classifier.weight"], dtype=np.float32)
         wc = wc.reshape(wc.shape[0], -1)
         h = w1.shape[0]
-        if (w1.ndim != 3 or w1.shape[2] != 3 or b1.shape != (h,) or w2.shape != (h, h, 3) or b2.shape != (h,)
+        k = KERNEL_SIZE
+        if (w1.ndim != 3 or w1.shape[2] != k or b1.shape != (h,) or w2.shape != (h, h, k) or b2.shape != (h,)
                 or wc.shape[1] != h):
             raise CheckpointError(f"{source} has inconsistent head shapes: conv1 {w1.shape}, conv2 {w2.shape}, "
-                                  f"classifier {wc.shape}; expected [H, D, 3], [H, H, 3], [C, H]")
+                                  f"classifier {wc.shape}; expected [H, D, {k}], [H, H, {k}], [C, H]")
         wt, bt = (state.get(k) for k in TRANSITION_TENSORS)
         if wt is not None and bt is not None:
             wt = np.asarray(wt, dtype=np.float32).reshape(wc.shape[0], -1)
@@ -133,7 +146,7 @@ class HeadWeights:
 
     @classmethod
     def random(cls, feature_dim: int, hidden_dim: int, num_classes: int, seed: int = 0,
-               leaky_slope: float = 0.01) -> HeadWeights:
+               leaky_slope: float = LEAKY_SLOPE) -> HeadWeights:
         """Random weights with the fan-in scale of PyTorch's default init (benchmarks and tests)."""
         rng = np.random.default_rng(seed)
 
@@ -141,12 +154,13 @@ class HeadWeights:
             bound = 1.0 / np.sqrt(fan_in)
             return rng.uniform(-bound, bound, shape).astype(np.float32)
 
-        return cls(uniform((hidden_dim, feature_dim, 3), 3 * feature_dim), uniform((hidden_dim,), 3 * feature_dim),
-                   uniform((hidden_dim, hidden_dim, 3), 3 * hidden_dim), uniform((hidden_dim,), 3 * hidden_dim),
+        k = KERNEL_SIZE
+        return cls(uniform((hidden_dim, feature_dim, k), k * feature_dim), uniform((hidden_dim,), k * feature_dim),
+                   uniform((hidden_dim, hidden_dim, k), k * hidden_dim), uniform((hidden_dim,), k * hidden_dim),
                    uniform((num_classes, hidden_dim), hidden_dim), leaky_slope)
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Torch-style names, the classifier with its k=1 axis (what ``ECM.load_state_dict`` expects)."""
+        """Torch-style names, the classifier with its pointwise kernel axis (as ``ECM.load_state_dict`` expects)."""
         return {"conv1.weight": self.conv1_weight, "conv1.bias": self.conv1_bias,
                 "conv2.weight": self.conv2_weight, "conv2.bias": self.conv2_bias,
                 "classifier.weight": self.classifier_weight[:, :, None]}
@@ -154,12 +168,10 @@ class HeadWeights:
 
 def load_head_weights(folder: str | Path) -> tuple[HeadWeights, dict[str, Any]]:
     """Read ``model.safetensors`` + ``model.json`` of a deploy folder without torch; returns weights and meta."""
-    folder = Path(folder)
-    weights_path, meta_path = folder / WEIGHTS_NAME, folder / META_NAME
-    if not weights_path.is_file() or not meta_path.is_file():
-        raise CheckpointError(f"{folder} has no {WEIGHTS_NAME} + {META_NAME}; pass a training run folder "
-                              "(runs/train/NAME) or a folder written by `ecm-edge export`")
+    weights_path, meta_path = deploy_paths(folder)
     meta = read_deploy_meta(meta_path)
+    check_deploy_meta(meta, meta_path)
+    verify_weights_hash(weights_path, meta, meta_path)
     try:
         from safetensors import safe_open
 
@@ -169,7 +181,8 @@ def load_head_weights(folder: str | Path) -> tuple[HeadWeights, dict[str, Any]]:
     except Exception as exc:
         raise CheckpointError(f"{weights_path} cannot be read ({type(exc).__name__}: {exc}); the file is "
                               "corrupted or was not written by ecm-edge") from None
-    slope = float(meta.get("dims", {}).get("leaky_slope", 0.01))
+    check_finite(state, weights_path)
+    slope = float(meta.get("dims", {}).get("leaky_slope", LEAKY_SLOPE))
     weights = HeadWeights.from_state(state, slope, source=str(weights_path))
     classes = meta.get("class_names", [])
     if len(classes) != weights.num_classes:
@@ -183,14 +196,20 @@ def _leaky(x: np.ndarray, slope: float) -> np.ndarray:
 
 
 def _windows(columns: np.ndarray) -> np.ndarray:
-    """``[L, K]`` → ``[L − 2, 3K]``: every 3-column window flattened channel-major, tap-minor (like [K, 3])."""
-    view = np.lib.stride_tricks.sliding_window_view(columns, 3, axis=0)  # [L − 2, K, 3]
+    """``[L, F]`` → ``[L − K + 1, K·F]``, K = KERNEL_SIZE: every K-column window flattened channel-major, tap-minor
+    (like the [F, K] kernel of a temporal convolution)."""
+    view = np.lib.stride_tricks.sliding_window_view(columns, KERNEL_SIZE, axis=0)  # [L − K + 1, F, K]
     return view.reshape(view.shape[0], -1)
 
 
+def _zeros(columns: int, dim: int) -> np.ndarray:
+    """``columns`` zero columns ``[columns, dim]``: a temporal convolution's zero padding."""
+    return np.zeros((columns, dim), np.float32)
+
+
 class _ConvMatrices:
-    """One matrix product per layer, ``windows [N, 3K] @ [H, 3K]ᵀ``, on views of the weights (no copies: the
-    paper-size head keeps its 96 MiB once)."""
+    """One matrix product per layer, ``windows [N, K·F] @ [H, K·F]ᵀ``, on views of the weights (no copies: a large
+    head keeps its weights once)."""
 
     def __init__(self, w: HeadWeights):
         self.conv1 = w.conv1_weight.reshape(w.hidden_dim, -1).T
@@ -199,11 +218,11 @@ class _ConvMatrices:
         self.bias1, self.bias2, self.slope = w.conv1_bias, w.conv2_bias, w.leaky_slope
 
     def hidden(self, inputs: np.ndarray) -> np.ndarray:
-        """conv1 + LeakyReLU over every valid 3-window of input columns ``[L, D]`` → ``[L − 2, H]``."""
+        """conv1 + LeakyReLU over every valid K-window of input columns ``[L, D]`` → ``[L − K + 1, H]``."""
         return _leaky(_windows(inputs) @ self.conv1 + self.bias1, self.slope)
 
     def cas(self, hidden: np.ndarray) -> np.ndarray:
-        """conv2 + LeakyReLU + classifier over every valid 3-window of hidden columns → ``[L − 2, C]``."""
+        """conv2 + LeakyReLU + classifier over every valid K-window of hidden columns → ``[L − K + 1, C]``."""
         return _leaky(_windows(hidden) @ self.conv2 + self.bias2, self.slope) @ self.classifier
 
 
@@ -211,8 +230,7 @@ def full_cas(weights: HeadWeights, features: np.ndarray) -> np.ndarray:
     """The offline pass (zero padding at both ends): features ``[T, D]`` → CAS ``[T, C]``."""
     features = _check_features(features, weights.feature_dim)
     mats = _ConvMatrices(weights)
-    pad_in = np.zeros((1, weights.feature_dim), np.float32)
-    pad_hidden = np.zeros((1, weights.hidden_dim), np.float32)
+    pad_in, pad_hidden = _zeros(PADDING, weights.feature_dim), _zeros(PADDING, weights.hidden_dim)
     hidden = mats.hidden(np.concatenate([pad_in, features, pad_in]))
     return mats.cas(np.concatenate([pad_hidden, hidden, pad_hidden]))
 
@@ -239,9 +257,9 @@ class ColumnHead:
         self.reset()
 
     def reset(self) -> None:
-        # one zero column each: conv1's padding before snippet 0, conv2's padding before hidden column 0
-        self._inputs = np.zeros((1, self.feature_dim), np.float32)
-        self._hidden = np.zeros((1, self.weights.hidden_dim), np.float32)
+        # PADDING zero columns each: conv1's padding before snippet 0, conv2's padding before hidden column 0
+        self._inputs = _zeros(PADDING, self.feature_dim)
+        self._hidden = _zeros(PADDING, self.weights.hidden_dim)
         self._received = 0
         self._last_cas = np.zeros((0, self.num_classes), np.float32)
 
@@ -251,7 +269,7 @@ class ColumnHead:
         self._last_cas = self._advance(np.concatenate([self._inputs, features]), end=False)
         return self._last_cas
 
-    def pop_weights(self) -> np.ndarray | None:
+    def last_transition_weights(self) -> np.ndarray | None:
         return self.weights.transition(self._last_cas)
 
     def close(self) -> None:
@@ -261,21 +279,23 @@ class ColumnHead:
         if self._received == 0:
             self._last_cas = np.zeros((0, self.num_classes), np.float32)
             return self._last_cas
-        pad = np.zeros((1, self.feature_dim), np.float32)
-        cas = self._advance(np.concatenate([self._inputs, pad]), end=True)
+        cas = self._advance(np.concatenate([self._inputs, _zeros(PADDING, self.feature_dim)]), end=True)
         self.reset()
         self._last_cas = cas
         return cas
 
     def _advance(self, inputs: np.ndarray, end: bool) -> np.ndarray:
-        new_hidden = self._mats.hidden(inputs) if len(inputs) >= 3 else inputs[:0, :0]
-        self._inputs = inputs[-2:]
+        """Evaluate the windows that ``inputs`` (the kept columns + new ones) complete; keep the last K − 1 input
+        and hidden columns, the context of the next window."""
+        context = KERNEL_SIZE - 1
+        new_hidden = self._mats.hidden(inputs) if len(inputs) >= KERNEL_SIZE else inputs[:0, :0]
+        self._inputs = inputs[-context:]
         parts = [self._hidden] + ([new_hidden] if len(new_hidden) else [])
         if end:
-            parts.append(np.zeros((1, self.weights.hidden_dim), np.float32))
+            parts.append(_zeros(PADDING, self.weights.hidden_dim))
         hidden = np.concatenate(parts)
-        self._hidden = hidden[-2:]
-        if len(hidden) < 3:
+        self._hidden = hidden[-context:]
+        if len(hidden) < KERNEL_SIZE:
             return np.zeros((0, self.num_classes), np.float32)
         return self._mats.cas(hidden)
 
@@ -288,7 +308,7 @@ class WindowRunner(Protocol):
     last_weights: np.ndarray | None
 
     def stream_cas(self, window: np.ndarray) -> np.ndarray:
-        """Valid-padding graph: ``[W, D]`` → CAS of the ``W − 4`` centre columns ``[W − 4, C]``."""
+        """Valid-padding graph: ``[W, D]`` → CAS of the ``W − 2·RECEPTIVE_RADIUS`` centre columns."""
         ...
 
     def full_cas(self, features: np.ndarray) -> np.ndarray:
@@ -297,7 +317,7 @@ class WindowRunner(Protocol):
 
 
 class WindowHead:
-    """Incremental head through an exported graph: one 5-column valid window per new snippet."""
+    """Incremental head through an exported graph: one STREAM_WINDOW-column valid window per new snippet."""
 
     def __init__(self, runner: WindowRunner, feature_dim: int, num_classes: int):
         self.runner = runner
@@ -305,7 +325,7 @@ class WindowHead:
         self.reset()
 
     def reset(self) -> None:
-        self._tail = np.zeros((0, self.feature_dim), np.float32)  # the last ≤ 4 snippets
+        self._tail = _zeros(0, self.feature_dim)  # the last ≤ STREAM_WINDOW snippets
         self._received = 0
         self._weights: list[np.ndarray | None] = []
 
@@ -314,11 +334,11 @@ class WindowHead:
         out: list[np.ndarray] = []
         self._weights = []
         for column in features:
-            self._tail = np.concatenate([self._tail, column[None]])[-(WINDOW - 1) - 1:]
+            self._tail = np.concatenate([self._tail, column[None]])[-STREAM_WINDOW:]
             self._received += 1
-            if self._received == WINDOW - 1:  # snippets 0..3 give the two padded first columns
+            if self._received == STREAM_WINDOW - 1:  # snippets 0..3 give the two padded first columns
                 out.append(self._keep(self.runner.full_cas(self._tail), slice(None, RECEPTIVE_RADIUS)))
-            elif self._received >= WINDOW:
+            elif self._received >= STREAM_WINDOW:
                 out.append(self._keep(self.runner.stream_cas(self._tail), slice(None)))
         return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
 
@@ -328,7 +348,7 @@ class WindowHead:
         self._weights.append(None if weights is None else weights[rows])
         return cas[rows]
 
-    def pop_weights(self) -> np.ndarray | None:
+    def last_transition_weights(self) -> np.ndarray | None:
         if any(w is None for w in self._weights):
             return None
         if not self._weights:
@@ -345,9 +365,9 @@ class WindowHead:
         self.reset()
         if received == 0:
             return np.zeros((0, self.num_classes), np.float32)
-        if received < WINDOW - 1:  # nothing emitted yet: the full graph over the whole (short) stream
+        if received < STREAM_WINDOW - 1:  # nothing emitted yet: the full graph over the whole (short) stream
             return self._keep(self.runner.full_cas(tail), slice(None))
-        return self._keep(self.runner.full_cas(tail[-(WINDOW - 1):]), slice(-RECEPTIVE_RADIUS, None))
+        return self._keep(self.runner.full_cas(tail[-(STREAM_WINDOW - 1):]), slice(-RECEPTIVE_RADIUS, None))
 
 
 class FullPassRunner:

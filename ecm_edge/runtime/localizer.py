@@ -44,8 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from ecm_edge.config import Config, apply_override, config_from_dict, load_config
-from ecm_edge.deploy_format import META_NAME, WEIGHTS_NAME
+from ecm_edge.config import Config, apply_override, config_from_stored, load_config
+from ecm_edge.deploy_format import META_NAME, WEIGHTS_NAME, is_deploy_folder
 from ecm_edge.errors import CheckpointError, ConfigError, DataError, EcmEdgeError
 from ecm_edge.kernels.sources import missing_weights_message
 from ecm_edge.runtime import events as ev
@@ -249,7 +249,7 @@ class Localizer:
         """The transition weights of the head's last columns when the score source needs them."""
         if self.post.params.score_source == "cas":
             return None
-        weights = self.head.pop_weights()
+        weights = self.head.last_transition_weights()
         if weights is None:
             raise EcmEdgeError(missing_weights_message(self.post.params.score_source,
                                                        f"the {self.backend} head's artifacts"))
@@ -301,9 +301,8 @@ def make_extractor(spec: Any, feature_dim: int, **options: Any) -> Any:
 # -- loading artifacts ----------------------------------------------------------------------------------------
 def load_head(folder: Path, backend: str) -> tuple[StreamingHead, list[str], dict[str, Any] | None, str]:
     """The head for ``backend`` from a deploy or export folder: (head, class names, stored config, backend)."""
-    has_deploy = (folder / WEIGHTS_NAME).is_file() and (folder / META_NAME).is_file()
-    if backend == "numpy" or (backend == "auto" and has_deploy):
-        if not has_deploy:
+    if backend == "numpy" or (backend == "auto" and is_deploy_folder(folder)):
+        if not is_deploy_folder(folder):
             raise CheckpointError(f"backend numpy needs deploy weights ({WEIGHTS_NAME} + {META_NAME}) in {folder}; "
                                   "pass a training run folder or choose --backend onnxruntime for an export folder")
         weights, meta = load_head_weights(folder)
@@ -384,8 +383,7 @@ def _resolve_config(stored: dict[str, Any] | None, config: Config | str | Path |
     elif config is not None:
         cfg = load_config(config)
     elif stored is not None:
-        cfg = config_from_dict({k: v for k, v in stored.items() if k != "name"}, source=str(folder / META_NAME))
-        cfg.name = str(stored.get("name", "custom"))
+        cfg = config_from_stored(stored, source=str(folder / META_NAME))
     else:
         cfg = load_config(None)
     for item in overrides:

@@ -5,19 +5,19 @@ The offline post-processing (§5) looks at the whole video; a stream only has th
 - **Video scores**: softmax of the per-class top-k mean over the last ``horizon`` CAS columns, with
   ``k = int(r · n)`` for the ``n`` columns in the horizon (r = ``model.topk_ratio``). The network learned its
   top-k pooling as the top fraction r of a whole clip (k = T_fixed · r of T_fixed resampled snippets); the
-  horizon plays the clip's part, so the fraction, not the count, carries over. (A fixed k = T_fixed · r clipped
-  to the horizon — 93 of 256 snippets for THUMOS14 — dilutes the score; on the small synthetic preset it cost
-  a third of the stream's mAP@0.5.)
+  horizon plays the clip's part, so the fraction, not the count, carries over (a fixed k = T_fixed · r clipped
+  to the horizon dilutes the score: docs/design.md, Decisions).
 - **Normalization**: each new column is normalized with the running ``relu(max)`` / ``relu(min)`` of its class
   over the horizon (Δ ≤ 0 → 1), once, when it arrives; stored values are never revised.
 - **Candidates**: per class and activation threshold θ, a candidate opens when the normalized score rises to θ
-  (and above 0) and closes at the last column before it falls below. Its OIC outer window is the offline one
-  (``ecm_edge.kernels``): ``[int(s − λ·len), s − 1] ∪ [e + 1, int(e + λ·len) − 1]``; once its right part has
-  arrived (at flush: clipped to the end of the stream) the candidate is scored ``inner − outer + γ · video
-  score`` on the thresholded values, dropped when the class's current video score is below
-  ``post.class_threshold``, and compared with the segments of its class already emitted (the kernels' IoU in
-  the ``stream.mode`` convention; kept when IoU < ``post.nms_iou``). Candidates ready at the same step are
-  taken highest score first, as the offline greedy NMS does. What is emitted is final.
+  (and above 0) and closes at the last column before it falls below. Scoring and suppression are the offline
+  reference's own rules (``ecm_edge.kernels.reference``): the OIC outer window ``outer_window``
+  (``[int(s − λ·len), s − 1] ∪ [e + 1, int(e + λ·len) − 1]``); once its right part has arrived (at flush:
+  clipped to the end of the stream) the candidate is scored by ``oic_score`` (``inner − outer + γ · video
+  score``, the outer mean on the ``thresholded`` values), dropped when the class's current video score is below
+  ``post.class_threshold``, and compared with the segments of its class already emitted by ``interval_iou`` in
+  the ``stream.mode`` convention and the NMS rule ``suppresses``. Candidates ready at the same step are taken
+  highest score first, as the offline greedy NMS does. What is emitted is final.
 
 - **Score source** (``post.score_source``, as offline): ``cas`` normalizes the CAS column; ``weights`` the
   transition-weight column W with W's running min/max; ``fused`` averages the two normalized columns and
@@ -27,8 +27,7 @@ The offline post-processing (§5) looks at the whole video; a stream only has th
   statistics of all of them once the last has arrived (one at a time, the first columns would be stretched by
   the min/max of a handful and pass spurious candidates); their candidates are judged with the video scores of
   column ``warmup``. Nothing is emitted before. A flush releases a shorter stream's columns the same way and
-  judges everything left with the last scores. (Measured on two THUMOS14-like checkpoints: mAP@0.5 of the
-  stream +1.8 and +1.9 points over normalizing each warm-up column on arrival; README, Streaming.)
+  judges everything left with the last scores (docs/design.md, Decisions).
 
 Everything works at column resolution: a segment covers the source times of its first and last columns. The
 columns are the head's (``ecm_edge.runtime.resample``: ρ per source snippet, so ``horizon`` and ``warmup`` here
@@ -49,7 +48,16 @@ import numpy as np
 from ecm_edge.config import Config
 from ecm_edge.errors import ConfigError, EcmEdgeError
 from ecm_edge.kernels.params import PostParams
-from ecm_edge.kernels.reference import interval_iou, stretch_like
+from ecm_edge.kernels.reference import (
+    interval_iou,
+    oic_score,
+    outer_mean,
+    outer_reach,
+    outer_window,
+    stretch_like,
+    suppresses,
+    thresholded,
+)
 from ecm_edge.kernels.sources import check_score_source
 from ecm_edge.runtime import events as ev
 
@@ -138,7 +146,7 @@ class CausalScorer:
 @dataclass
 class _Candidate:
     class_id: int
-    threshold: int  # index into the activation thresholds
+    threshold_index: int  # into the activation thresholds
     first: int  # index of the first and last column
     last: int
     inner_sum: float
@@ -226,25 +234,20 @@ class SegmentTracker:
 
     def _close(self, c: int, j: int, last: int, end: float) -> None:
         first = int(self._open_first[c, j])
-        length = last - first + 1
-        ready_at = int(last + self.post.oic_lambda * length) - 1  # the right outer window's last column
+        ready_at = outer_reach(first, last, self.post.oic_lambda)[1] - 1  # the right outer window's last column
         self._pending.append(_Candidate(c, j, first, last, float(self._open_sum[c, j]),
                                         float(self._open_start[c, j]), end, ready_at))
         self._open_first[c, j] = -1
 
     # -- scoring and emission ---------------------------------------------------------------------------------
     def _oic_score(self, cand: _Candidate, video_scores: np.ndarray, newest: int) -> float:
-        reach = self.post.oic_lambda * cand.length
+        """The reference's OIC score of a candidate, its outer window clipped to the retained history and to
+        column ``newest``; the inner mean is the running one (the history may not hold the whole run)."""
         oldest = max(0, self._index - self.history + 1)
-        left = np.arange(max(oldest, int(cand.first - reach)), cand.first)
-        right = np.arange(cand.last + 1, min(newest + 1, int(cand.last + reach)))
-        outer_idx = np.concatenate([left, right])
-        outer = 0.0
-        if len(outer_idx):
-            values = self._values[outer_idx % self.history, cand.class_id]
-            outer = float(np.where(values >= self.thresholds[cand.threshold], values, 0.0).mean())
-        inner = cand.inner_sum / cand.length
-        return inner - outer + self.post.gamma * float(video_scores[cand.class_id])
+        window = outer_window(cand.first, cand.last, self.post.oic_lambda, oldest, newest + 1)
+        values = self._values[window % self.history, cand.class_id]
+        outer = outer_mean(thresholded(values, self.thresholds[cand.threshold_index]))
+        return oic_score(cand.inner_sum / cand.length, outer, float(video_scores[cand.class_id]), self.post.gamma)
 
     def _emit(self, ready: list[_Candidate], video_scores: np.ndarray, now: float,
               stream_end: int | None) -> list[ev.Event]:
@@ -263,12 +266,13 @@ class SegmentTracker:
         return events
 
     def _suppressed(self, cand: _Candidate) -> bool:
+        """Whether a segment of the candidate's class already emitted suppresses it (offline NMS rule)."""
         emitted = self._emitted[cand.class_id]
         if not emitted:
             return False
         spans = np.asarray(emitted, np.float64)
-        iou = interval_iou(cand.start, cand.end, spans[:, 0], spans[:, 1], self.post.ecm_mode)
-        return bool((iou >= self.post.nms_iou).any())
+        iou = interval_iou(cand.start, cand.end, spans[:, 0], spans[:, 1], self.post.iou_offset)
+        return bool(suppresses(iou, self.post.nms_iou).any())
 
     def _forget_old_segments(self) -> None:
         """Drop emitted segments that end before any future candidate can start (one time unit of margin for

@@ -3,10 +3,9 @@
 Offline, every video is resampled to ``data.t_fixed`` snippets before the network sees it, in training and in
 testing alike (``ecm_edge.data.dataset.sample_indices``: column i reads snippet ``floor(i · T / t_fixed)``). The
 network therefore learned its temporal convolutions on clips with ``ρ = t_fixed / T`` columns per source
-snippet: snippets repeat when ρ > 1 (THUMOS14, median ρ ≈ 3.3 over its training videos) and are skipped when
-ρ < 1 (ActivityNet). Fed one column per snippet, the same network sees motion about ρ times faster than it
-learned to and its CAS degrades (on the THUMOS14-like synthetic set the streamed mAP@0.5 fell 18 % below
-offline; README, Streaming).
+snippet (``ecm_edge.data.rate``): snippets repeat when ρ > 1 (short videos, as in THUMOS14) and are skipped when
+ρ < 1 (long ones, as in ActivityNet). Fed one column per snippet, the same network sees motion about ρ times
+faster than it learned to and its CAS degrades (docs/design.md).
 
 A stream cannot know T, so it resamples at one fixed rate: ``stream.columns_per_snippet``. Column i reads
 snippet ``floor(i / ρ)`` — exactly the offline indices of a video with ``t_fixed / T = ρ`` — and covers the
@@ -25,29 +24,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from ecm_edge.config import Config
+from ecm_edge.data.rate import AUTO, parse_columns_per_snippet
 from ecm_edge.errors import ConfigError
 
 log = logging.getLogger("ecm_edge")
 
-AUTO = "auto"
+# AUTO and parse_columns_per_snippet live with the training rate (ecm_edge.data.rate); the runtime reads them here
+__all__ = ["AUTO", "NATIVE_RATE", "ColumnPlan", "ColumnResampler", "columns_per_snippet",
+           "parse_columns_per_snippet", "stream_indices"]
+
 NATIVE_RATE = 1.0  # one column per snippet: what "auto" falls back to when the artifacts record no rate
 # column / ρ lands a rounding error below a whole number when ρ = t_fixed / T is not exact in binary; true
 # quotients short of a whole number are at least 1 / t_fixed below it
 INDEX_SLACK = 1e-9
-
-
-def parse_columns_per_snippet(value: str | float) -> float | None:
-    """The number in ``stream.columns_per_snippet`` (None for ``auto``), or a ConfigError."""
-    if isinstance(value, str) and value.strip().lower() == AUTO:
-        return None
-    try:
-        rate = float(value)
-    except (TypeError, ValueError):
-        rate = float("nan")
-    if not (math.isfinite(rate) and rate > 0):
-        raise ConfigError(f"stream.columns_per_snippet must be 'auto' or a positive number of head columns per "
-                          f"source snippet (1 = the native snippet rate), got {value!r}")
-    return rate
 
 
 def columns_per_snippet(cfg: Config) -> float:
@@ -60,14 +49,6 @@ def columns_per_snippet(cfg: Config) -> float:
                  "length in snippets, to match how the network was trained)")
         return NATIVE_RATE
     return rate
-
-
-def training_rate(lengths: Sequence[int] | np.ndarray, t_fixed: int) -> float:
-    """The median columns per snippet of training clips: ``t_fixed / T`` over the training videos' lengths."""
-    lengths = np.asarray(lengths, np.float64)
-    if lengths.size == 0 or (lengths < 1).any():
-        raise ConfigError("the training rate needs the lengths of at least one non-empty training video")
-    return float(np.median(t_fixed / lengths))
 
 
 def stream_indices(length: int, rate: float) -> np.ndarray:

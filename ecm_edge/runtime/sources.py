@@ -31,6 +31,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ecm_edge.config import DataConfig, StreamConfig
+from ecm_edge.data.features import open_npy
 from ecm_edge.errors import DataError, EcmEdgeError
 
 logger = logging.getLogger("ecm_edge")
@@ -379,9 +380,9 @@ class FeatureReplaySource:
     live = False
 
     def __init__(self, features: str | Path | np.ndarray, *, realtime: bool = True,
-                 snippet_seconds: float | None = None):
+                 snippet_seconds: float | None = None, feature_dim: int | None = None):
         self.description = f"features {features}" if not isinstance(features, np.ndarray) else "features array"
-        self.features = _load_features(features)
+        self.features = _load_features(features, feature_dim)
         self.realtime = realtime
         self.snippet_seconds = snippet_seconds or DataConfig().snippet_seconds
         self._index = 0
@@ -434,21 +435,20 @@ class FeatureReplaySource:
             yield item
 
 
-def _load_features(features: str | Path | np.ndarray) -> np.ndarray:
+def _load_features(features: str | Path | np.ndarray, feature_dim: int | None = None) -> np.ndarray:
+    """The ``[T, D]`` array of a feature file (or array), checked; ``feature_dim``: the D the model expects."""
     if isinstance(features, np.ndarray):
         array, where = features, "feature array"
     else:
-        path = Path(features)
-        if not path.is_file():
-            raise DataError(f"feature file {path} does not exist")
-        try:
-            array = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise DataError(f"feature file {path} is not a plain .npy array: {exc}") from None
-        where = f"feature file {path}"
+        where = f"feature file {features}"
+        array = open_npy(Path(features), where)
     if array.ndim != 2 or array.shape[0] == 0 or not np.issubdtype(array.dtype, np.number):
         raise DataError(f"{where} must hold a numeric [T, D] array with T > 0, got shape {array.shape} "
                         f"and dtype {array.dtype}")
+    if feature_dim is not None and array.shape[1] != feature_dim:
+        raise DataError(f"{where} holds features of shape {list(array.shape)}, but the model expects "
+                        f"[T, {feature_dim}] ({feature_dim} channels per snippet); use features from the extractor "
+                        "the model was trained with, or the artifacts trained on these features")
     return np.ascontiguousarray(array, dtype=np.float32)
 
 

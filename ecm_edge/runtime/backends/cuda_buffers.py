@@ -1,22 +1,22 @@
 """Device buffers and CUDA streams shared by the GPU backends and the CUDA post-processing.
 
 Buffers are numba-cuda device arrays, or anything exposing ``__cuda_array_interface__`` (CuPy, torch): their
-data pointer is what TensorRT's ``set_tensor_address`` and ONNX Runtime's I/O binding take. Streams may be given as
-a numba stream, a cuda-python (``cuda.bindings``) ``CUstream``/``cudaStream_t``, an object with
-``__cuda_stream__`` (cuda.core), or a raw handle; :func:`stream_handle` turns each into the integer handle that
-``execute_async_v3`` takes, and :func:`numba_stream` into a numba stream for copies and kernel launches, so the
-engine and the post-processing kernels run on one stream without a host round trip. pycuda is not used.
+data pointer is what TensorRT's ``set_tensor_address`` and ONNX Runtime's I/O binding take. Streams may be given in
+any form ``ecm_edge.kernels.streams`` accepts (numba, cuda-python, ``__cuda_stream__``, torch, a raw handle):
+:func:`stream_handle` (from there) turns each into the integer handle that ``execute_async_v3`` takes, and
+:func:`numba_stream` into a numba stream for copies and kernel launches, so the engine and the post-processing
+kernels run on one stream without a host round trip. pycuda is not used.
 """
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ecm_edge.errors import DataError, MissingDependencyError
+from ecm_edge.kernels.streams import stream_handle, to_numba_stream
 
 
 def require_numba_cuda() -> Any:
@@ -66,41 +66,19 @@ def _c_strides(shape: Sequence[int], itemsize: int) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def stream_handle(stream: Any) -> int:
-    """The raw ``cudaStream_t`` of ``stream`` as an int (0 is the legacy default stream)."""
-    if stream is None:
-        return 0
-    if isinstance(stream, int):
-        return stream
-    if hasattr(stream, "__cuda_stream__"):  # cuda.core streams (and newer numba-cuda streams)
-        protocol = stream.__cuda_stream__
-        value = protocol() if callable(protocol) else protocol
-        return int(value[1])
-    if isinstance(stream, ctypes.c_void_p):
-        return int(stream.value or 0)
-    handle = getattr(stream, "handle", None)  # numba streams: ctypes c_void_p or a cuda.bindings CUstream
-    if handle is not None and handle is not stream:
-        return stream_handle(handle)
-    if hasattr(stream, "getPtr"):  # cuda.bindings CUstream / cudaStream_t
-        return int(stream)
-    try:
-        return int(stream)
-    except (TypeError, ValueError):
-        raise DataError(f"cannot use {type(stream).__name__} as a CUDA stream; pass a numba stream, a cuda-python "
-                        "stream or an integer handle") from None
-
-
 def numba_stream(stream: Any) -> Any:
     """A numba stream for ``stream`` (a new one when None), for copies and kernel launches."""
     cuda = require_numba_cuda()
     if stream is None:
         return cuda.stream()
-    if type(stream).__module__.startswith("numba"):
-        return stream
-    return cuda.external_stream(stream_handle(stream))
+    return to_numba_stream(cuda, stream)
 
 
 def empty_device(shape: Sequence[int], dtype: Any, stream: Any) -> Any:
     """An uninitialized numba device array on ``stream``."""
     cuda = require_numba_cuda()
     return cuda.device_array(tuple(shape), dtype=np.dtype(dtype), stream=numba_stream(stream))
+
+
+__all__ = ["array_interface", "device_dtype", "device_pointer", "device_shape", "empty_device", "numba_stream",
+           "require_numba_cuda", "stream_handle"]

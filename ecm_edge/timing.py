@@ -1,4 +1,5 @@
-"""Small timing helpers shared by the benchmark parts."""
+"""Wall-clock timing of a call, shared by the benchmarks (``ecm_edge.bench``) and the export's validation
+(``ecm_edge.export.validate``). numpy only."""
 
 from __future__ import annotations
 
