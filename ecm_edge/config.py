@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ import yaml
 from ecm_edge.architecture import DROPOUT, LEAKY_SLOPE, STREAM_WINDOW, topk_count
 from ecm_edge.errors import ConfigError
 from ecm_edge.io import atomic_write_text
+
+log = logging.getLogger("ecm_edge")
 
 
 @dataclass
@@ -91,7 +94,7 @@ class PostConfig:
     gamma: float = 0.15  # weight of the video score added to the OIC score
     nms_iou: float = 0.6  # per-class NMS IoU threshold
     time_base: str = "fps"  # "fps": seconds = frame / fps (THUMOS14); "duration": frame / num_frames · duration
-    backend: str = "auto"  # "auto" | "numpy" | "cpu" | "cuda"
+    kernels: str = "auto"  # post-processing kernels: "auto" (cuda with a GPU, else cpu) | "numpy" | "cpu" | "cuda"
     score_source: str = "cas"  # row thresholded per class: "cas" (paper), "weights" (transition W), "fused" (mean)
 
     @property
@@ -193,13 +196,22 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.amp": ("off", "bf16", "fp16"),
     "post.mode": POST_MODES,
     "post.time_base": ("fps", "duration"),
-    "post.backend": ("auto", "numpy", "cpu", "cuda"),
+    "post.kernels": ("auto", "numpy", "cpu", "cuda"),
     "post.score_source": ("cas", "weights", "fused"),
     "eval.protocol": ("activitynet", "thumos14"),
     "export.calib_method": ("minmax", "percentile"),
     "stream.frame_policy": ("auto", "latest", "all"),
     "stream.mode": POST_MODES,
 }
+
+
+# Keys renamed since configs were first stored: old "section.key" -> new. Stored configs (model.json, checkpoints,
+# config.yaml written before the rename) and --set still accept the old name, read as the new one with a
+# deprecation warning once per process.
+RENAMED_KEYS: dict[str, str] = {
+    "post.backend": "post.kernels",
+}
+_warned_renames: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -363,7 +375,7 @@ def apply_override(cfg: Config, item: str) -> None:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
-    if isinstance(value, bool) and f"{section}.{key}" in CHOICES:
+    if isinstance(value, bool) and RENAMED_KEYS.get(f"{section}.{key}", f"{section}.{key}") in CHOICES:
         value = text.strip()  # YAML reads off/on/yes/no as booleans; a word-valued key keeps the word
     _set_field(cfg, section, key, value, "--set")
 
@@ -377,6 +389,10 @@ def _section_type(section: str) -> type:
 
 
 def _set_field(cfg: Config, section: str, key: str, value: Any, source: str) -> None:
+    renamed = RENAMED_KEYS.get(f"{section}.{key}")
+    if renamed is not None:
+        _warn_renamed(f"{section}.{key}", renamed, source)
+        section, key = renamed.split(".", 1)
     if section not in SECTIONS:
         raise ConfigError(f"{source}: unknown key {section}.{key}{_did_you_mean(f'{section}.{key}', _all_keys())}")
     target = getattr(cfg, section)
@@ -394,6 +410,12 @@ def _set_field(cfg: Config, section: str, key: str, value: Any, source: str) -> 
             if item not in allowed:
                 raise ConfigError(f"{source}: {section}.{key} must be in {allowed}, got {item!r}")
     setattr(target, key, value)
+
+
+def _warn_renamed(old: str, new: str, source: str) -> None:
+    if old not in _warned_renames:
+        _warned_renames.add(old)
+        log.warning("%s: %s is deprecated, read as %s; write %s instead", source, old, new, new)
 
 
 def _coerce(value: Any, hint: Any, where: str, source: str) -> Any:

@@ -37,7 +37,7 @@ logger = logging.getLogger("ecm_edge")
 STATE_NAME = "demo.json"
 STAGES = ("videos", "features", "train", "evaluate", "export", "stream", "report")
 EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
-STREAM_BACKEND = "onnxruntime"  # the runtime path a deployment without torch uses
+STREAM_ENGINE = "onnxruntime"  # the runtime path a deployment without torch uses
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,7 @@ def _precision_agreement(paths: _Paths, files: dict[str, Path]) -> dict[str, dic
     """Each precision's offline ONNX on the held-out clips: max |Δ| against fp32 per output, and its mAP."""
     from ecm_edge.data.dataset import VideoDataset
     from ecm_edge.export import validate as val
-    from ecm_edge.runtime.backends import load_backend
+    from ecm_edge.runtime.engines import load_engine
     from ecm_edge.train.deploy import load_deploy
 
     deploy = load_deploy(paths.train)
@@ -251,11 +251,11 @@ def _precision_agreement(paths: _Paths, files: dict[str, Path]) -> dict[str, dic
     clips = val.offline_clips(dataset, deploy.config.data.t_fixed)
     outputs = {}
     for precision, path in files.items():
-        backend = load_backend(path)
+        engine = load_engine(path)
         try:
-            outputs[precision] = val.run_offline(backend, clips)
+            outputs[precision] = val.run_offline(engine, clips)
         finally:
-            backend.close()
+            engine.close()
     agreement = {}
     for precision, out in outputs.items():
         evaluation = val.evaluate_outputs(out, dataset, deploy.class_names, deploy.config)
@@ -286,7 +286,7 @@ def _stage_stream(paths: _Paths, on_event: EventCallback | None) -> tuple[list[P
     _clear(paths.stream)
     video_id, video = _streamed_video(paths)
     events_path = paths.stream / "events.jsonl"
-    localizer = Localizer.from_artifacts(paths.export, STREAM_BACKEND, extractor="tiny",
+    localizer = Localizer.from_artifacts(paths.export, STREAM_ENGINE, extractor="tiny",
                                          sinks=[JsonlSink(events_path)])
     segments: list[dict[str, Any]] = []
     localizer.on_event(lambda event: segments.append(event) if event["type"] == "segment" else None)
@@ -301,7 +301,8 @@ def _stage_stream(paths: _Paths, on_event: EventCallback | None) -> tuple[list[P
         localizer.flush()
     wall = time.perf_counter() - started
     p50, p99 = localizer.stats.percentiles_ms()
-    summary = {"video": video_id, "file": str(video), "backend": localizer.backend, "snippets": localizer.stats.snippets,
+    # "backend" (the head's engine) is the key stream.json has always had; report readers rely on it
+    summary = {"video": video_id, "file": str(video), "backend": localizer.engine, "snippets": localizer.stats.snippets,
                "segments": len(segments), "step_ms_p50": round(p50, 3), "step_ms_p99": round(p99, 3),
                "wall_seconds": round(wall, 3), "detections": segments}
     atomic_write_json(paths.stream / "stream.json", summary)

@@ -300,7 +300,7 @@ def _check_engine_versions(path: Path, manifest: Manifest, runtime: RuntimeVersi
     built_with = manifest.requires.get("tensorrt") or manifest.versions.get("tensorrt")
     if runtime.tensorrt is None:
         raise CheckpointError(f"{path} is a TensorRT engine but TensorRT is not installed here; use the ONNX "
-                              "artifact with the onnxruntime backend, or install TensorRT and rebuild the engine")
+                              "artifact with the onnxruntime engine, or install TensorRT and rebuild the engine")
     if built_with != runtime.tensorrt:
         raise CheckpointError(f"{path} was built by TensorRT {built_with} but TensorRT {runtime.tensorrt} is "
                               f"installed; engines only load in the version that built them: {rebuild}")

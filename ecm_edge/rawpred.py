@@ -121,10 +121,10 @@ class RawPredictions:
 
 
 def detections_from_raw(raw: RawPredictions, cfg: Config, source_name: str = "these raw predictions", *,
-                        backend: str | None = None) -> dict[str, list[dict[str, Any]]]:
+                        kernels: str | None = None) -> dict[str, list[dict[str, Any]]]:
     """Post-process raw predictions (docs/design.md §5) with ``cfg.post`` into an ActivityNet results mapping
-    (every video an entry), thresholding the rows ``cfg.post.score_source`` names; ``backend`` (default
-    ``cfg.post.backend``) picks the post-processing kernels, ``source_name`` names the predictions in errors."""
+    (every video an entry), thresholding the rows ``cfg.post.score_source`` names; ``kernels`` (default
+    ``cfg.post.kernels``) picks the post-processing kernels, ``source_name`` names the predictions in errors."""
     # imported here so that reading and writing raw predictions never loads the kernels
     from ecm_edge.evaluation import detections_to_results
     from ecm_edge.kernels.params import PostParams
@@ -132,6 +132,6 @@ def detections_from_raw(raw: RawPredictions, cfg: Config, source_name: str = "th
 
     dets = localize_batch(raw.cas, raw.video_scores, lengths=raw.lengths, num_frames=raw.num_frames,
                           fps=raw.fps, duration=raw.duration, params=PostParams.from_config(cfg.post),
-                          backend=backend or cfg.post.backend, video_ids=raw.video_ids, weights=raw.weights,
+                          kernels=kernels or cfg.post.kernels, video_ids=raw.video_ids, weights=raw.weights,
                           score_source=cfg.post.score_source, source_name=source_name)
     return detections_to_results(dets, raw.video_ids, raw.class_names)

@@ -22,7 +22,7 @@ themselves are :class:`ECM`'s (:meth:`ECM.class_activation`, :meth:`ECM.valid_cl
 Both graphs are exported with the TorchScript exporter (``dynamo=False``: the torch.export path needs
 ``onnxscript`` and gives the same graph here), simplified with onnxsim and checked with ``onnx.checker``; their
 input/output names and shapes follow :data:`ecm_edge.manifest.GRAPH_IO`, so an output added there and in the
-module's ``forward`` flows through export, manifests and backends. ``legacy=True`` writes the graphs as they were
+module's ``forward`` flows through export, manifests and engines. ``legacy=True`` writes the graphs as they were
 before the ``weights`` output existed (kept to test that such artifacts still load).
 """
 

@@ -133,7 +133,7 @@ def run_export(request: ExportRequest, on_step: Callable[[Step], None] = lambda 
 
 def warn_about_foreign_artifacts(out_dir: Path, weights_sha256: str) -> list[str]:
     """Artifacts left in ``out_dir`` by an export of other weights (a runtime could pick them up): warn."""
-    from ecm_edge.runtime.backends import list_artifacts
+    from ecm_edge.runtime.engines import list_artifacts
 
     foreign = [m.artifact for m in list_artifacts(out_dir) if m.source.get("weights_sha256") != weights_sha256]
     if foreign:
@@ -263,7 +263,7 @@ class _Context:
             return
         if not cuda_gpu_visible():
             self.result.engine_message = ("TensorRT is installed but no CUDA GPU is visible, so no engine was "
-                                          "built; the ONNX artifacts run with the onnxruntime backend")
+                                          "built; the ONNX artifacts run with the onnxruntime engine")
             return
         from ecm_edge.manifest import read_manifest
 
@@ -277,7 +277,7 @@ class _Context:
 
     def validate(self, data_dir: Path) -> None:
         from ecm_edge.export import validate as val
-        from ecm_edge.runtime.backends import load_backend
+        from ecm_edge.runtime.engines import load_engine
 
         started = time.perf_counter()
         dataset = VideoDataset.open(data_dir, self.cfg, "test")
@@ -286,24 +286,24 @@ class _Context:
                             f"{self.deploy.class_names[:3]}…; validate on the dataset the model was trained for")
         clips = val.offline_clips(dataset, self.cfg.data.t_fixed)
         report = val.ValidationReport("test", len(dataset))
-        reference = load_backend(self.weights, backend="torch", graph="offline")
+        reference = load_engine(self.weights, engine="torch", graph="offline")
         reference_out = val.run_offline(reference, clips)
         report.maps.append(val.map_row("torch", "torch", val.evaluate_outputs(reference_out, dataset,
                                                                               self.deploy.class_names, self.cfg)))
-        stream_reference = load_backend(self.weights, backend="torch", graph="streaming")
+        stream_reference = load_engine(self.weights, engine="torch", graph="streaming")
         for path in self.result.artifacts:
-            backend = load_backend(path)
-            manifest = backend.manifest
+            runner = load_engine(path)
+            manifest = runner.manifest
             if manifest.graph == "offline":
                 advance = self.progress(len(clips), f"validating {path.name}") if self.progress else None
-                outputs = val.run_offline(backend, clips, progress=advance)
+                outputs = val.run_offline(runner, clips, progress=advance)
                 report.parity += val.compare_outputs(reference_out, outputs, "offline", manifest.precision,
-                                                     backend.name)
+                                                     runner.name)
                 evaluation = val.evaluate_outputs(outputs, dataset, self.deploy.class_names, self.cfg)
-                report.maps.append(val.map_row(manifest.precision, backend.name, evaluation))
+                report.maps.append(val.map_row(manifest.precision, runner.name, evaluation))
             else:
-                report.parity += val.streaming_parity(stream_reference, backend, manifest.precision, dataset)
-            backend.close()
+                report.parity += val.streaming_parity(stream_reference, runner, manifest.precision, dataset)
+            runner.close()
         val.add_map_deltas(report.maps)
         self.result.validation = report
         atomic_write_json(self.out_dir / "validation.json", report.to_dict())

@@ -41,7 +41,7 @@ def tensorrt_missing_message(onnx_paths: list[Path]) -> str:
     """What ``export`` prints when TensorRT is absent: the ONNX artifacts are usable as they are."""
     names = ", ".join(str(p) for p in onnx_paths) or "the ONNX artifacts"
     return (f"TensorRT is not installed, so no engine was built. The ONNX artifacts are complete and run with "
-            f"the onnxruntime backend (CPU, or CUDA where onnxruntime-gpu is installed): {names}. To build "
+            f"the onnxruntime engine (CPU, or CUDA where onnxruntime-gpu is installed): {names}. To build "
             f"engines, {TENSORRT_INSTALL_HINT}.")
 
 
@@ -52,7 +52,7 @@ def import_tensorrt() -> Any:
     except ImportError:
         raise MissingDependencyError("TensorRT", "building and running engines",
                                      f"{TENSORRT_INSTALL_HINT}; meanwhile use the ONNX artifacts with the "
-                                     "onnxruntime backend") from None
+                                     "onnxruntime engine") from None
     return tensorrt
 
 
@@ -167,7 +167,7 @@ def build_engine(onnx_path: Path, engine_path: Path, onnx_manifest: Manifest, cf
     gpu = gpu_name_and_capability()
     if gpu is None:
         raise EcmEdgeError("no CUDA GPU is visible, so no TensorRT engine can be built here; the ONNX artifacts "
-                           "run with the onnxruntime backend")
+                           "run with the onnxruntime engine")
     plan = plan_build(trt.__version__, onnx_manifest.precision, cfg.export.trt_strongly_typed)
     profile = profile_shapes(cfg.export, onnx_manifest.graph, int(onnx_manifest.feature["dim"]),
                              onnx_manifest.inputs[0].name)

@@ -6,7 +6,7 @@
 - **mAP**: each artifact's offline outputs on a dataset split (clips resampled uniformly to T_fixed, as the
   offline pipeline does) go through the same post-processing and evaluation as the torch model's; FP16 should stay
   within :data:`MAP_MARGIN_POINTS` ``["fp16"]`` mAP@0.5 points of FP32, INT8 within ``["int8"]``.
-- **Latency**: seconds per call of each artifact for several clip lengths T, through the artifact's backend.
+- **Latency**: seconds per call of each artifact for several clip lengths T, through the artifact's engine.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from ecm_edge.config import Config
 from ecm_edge.data.dataset import VideoDataset, resample_features
 from ecm_edge.errors import DataError
-from ecm_edge.runtime.backends import BackendBase
+from ecm_edge.runtime.engines import EngineBase
 from ecm_edge.timing import time_call
 
 log = logging.getLogger("ecm_edge")
@@ -39,7 +39,7 @@ WARMUP_CALLS = 3  # untimed calls per shape first (torch and onnxruntime prepare
 class ParityRow:
     graph: str
     precision: str
-    backend: str
+    engine: str
     output: str
     max_abs: float
     max_rel: float  # max |a − b| / max |reference|
@@ -53,7 +53,7 @@ class ParityRow:
 @dataclass
 class MapRow:
     name: str  # "torch" or the artifact's precision
-    backend: str
+    engine: str
     iou: list[float]
     map: list[float]  # fractions
     average: float
@@ -85,16 +85,16 @@ class ValidationReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"split": self.split, "videos": self.videos, "passed": self.passed,
-                "parity": [dict(vars(r), passed=r.passed) for r in self.parity],
-                "map": [dict(vars(r), passed=r.passed) for r in self.maps]}
+                "parity": [_report_fields(r) for r in self.parity],
+                "map": [_report_fields(r) for r in self.maps]}
 
-    def to_markdown(self) -> str:
+    def to_markdown(self) -> str:  # "backend" columns: the engine, under validation.md's column word
         lines = [f"Parity with torch on {self.videos} {self.split} videos:", "",
                  "| graph | precision | backend | output | max abs error | max rel error | check |",
                  "|---|---|---|---|---|---|---|"]
         for r in self.parity:
             check = "—" if r.passed is None else (f"≤ {r.tolerance:g} ok" if r.passed else f"> {r.tolerance:g} FAIL")
-            lines.append(f"| {r.graph} | {r.precision} | {r.backend} | {r.output} | {r.max_abs:.3g} | "
+            lines.append(f"| {r.graph} | {r.precision} | {r.engine} | {r.output} | {r.max_abs:.3g} | "
                          f"{r.max_rel:.3g} | {check} |")
         if self.maps:
             ious = self.maps[0].iou
@@ -104,9 +104,15 @@ class ValidationReport:
             for r in self.maps:
                 delta = "—" if r.delta_points is None else (
                     f"{r.delta_points:+.2f} ({'ok' if r.passed else 'FAIL'}, ≥ −{r.margin_points:g})")
-                lines.append(f"| {r.name} | {r.backend} | " + " | ".join(f"{100 * m:.2f}" for m in r.map)
+                lines.append(f"| {r.name} | {r.engine} | " + " | ".join(f"{100 * m:.2f}" for m in r.map)
                              + f" | {100 * r.average:.2f} | {delta} |")
         return "\n".join(lines) + "\n"
+
+
+def _report_fields(row: ParityRow | MapRow) -> dict[str, Any]:
+    """A row as validation.json has always written it: the engine under the key "backend" (the file's format)."""
+    return {("backend" if key == "engine" else key): value for key, value in vars(row).items()} | {
+        "passed": row.passed}
 
 
 # -- running the models ----------------------------------------------------------------------------------------
@@ -115,12 +121,12 @@ def offline_clips(dataset: VideoDataset, t_fixed: int) -> np.ndarray:
     return np.stack([resample_features(np.asarray(dataset.features(v)), t_fixed) for v in dataset.video_ids])
 
 
-def run_offline(backend: BackendBase, clips: np.ndarray, batch: int = OFFLINE_BATCH,
+def run_offline(engine: EngineBase, clips: np.ndarray, batch: int = OFFLINE_BATCH,
                 progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
     """The offline graph's outputs for ``clips`` ``[N, T, D]``, concatenated over batches."""
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(clips), batch):
-        for name, value in backend.infer(clips[start:start + batch]).items():
+        for name, value in engine.infer(clips[start:start + batch]).items():
             parts.setdefault(name, []).append(value)
         if progress is not None:
             progress(min(batch, len(clips) - start))
@@ -128,7 +134,7 @@ def run_offline(backend: BackendBase, clips: np.ndarray, batch: int = OFFLINE_BA
 
 
 def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], graph: str,
-                    precision: str, backend: str) -> list[ParityRow]:
+                    precision: str, engine: str) -> list[ParityRow]:
     rows = []
     for name, ref in reference.items():
         if name not in candidate:  # an artifact exported before this output existed
@@ -139,16 +145,16 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
         error = np.abs(got.astype(np.float64) - ref.astype(np.float64))
         scale = float(np.abs(ref).max()) or 1.0
         tolerance = FP32_TOLERANCE if (precision == "fp32" and name in TOLERANCED_OUTPUTS) else None
-        rows.append(ParityRow(graph, precision, backend, name, float(error.max()), float(error.max()) / scale,
+        rows.append(ParityRow(graph, precision, engine, name, float(error.max()), float(error.max()) / scale,
                               tolerance))
     return rows
 
 
 def merge_parity(rows: list[ParityRow]) -> list[ParityRow]:
-    """One row per (graph, precision, backend, output): the worst over the videos."""
+    """One row per (graph, precision, engine, output): the worst over the videos."""
     merged: dict[tuple[str, str, str, str], ParityRow] = {}
     for row in rows:
-        key = (row.graph, row.precision, row.backend, row.output)
+        key = (row.graph, row.precision, row.engine, row.output)
         if key not in merged:
             merged[key] = row
         else:
@@ -179,8 +185,8 @@ def evaluate_outputs(outputs: dict[str, np.ndarray], dataset: VideoDataset, clas
     return evaluate_detections(results, dataset.annotations, cfg.eval.iou_thresholds)
 
 
-def map_row(name: str, backend: str, result: Any) -> MapRow:
-    return MapRow(name, backend, list(result.iou), list(result.map), float(result.average))
+def map_row(name: str, engine: str, result: Any) -> MapRow:
+    return MapRow(name, engine, list(result.iou), list(result.map), float(result.average))
 
 
 def add_map_deltas(rows: list[MapRow], iou: float = 0.5) -> None:
@@ -194,7 +200,7 @@ def add_map_deltas(rows: list[MapRow], iou: float = 0.5) -> None:
             row.delta_points = 100.0 * (row.at(iou) - fp32.at(iou))
 
 
-def streaming_parity(reference: BackendBase, candidate: BackendBase, precision: str, dataset: VideoDataset,
+def streaming_parity(reference: EngineBase, candidate: EngineBase, precision: str, dataset: VideoDataset,
                      videos: int = STREAM_PARITY_VIDEOS) -> list[ParityRow]:
     """Streaming graph vs torch on whole feature sequences (valid padding: T − 4 columns)."""
     rows = []
@@ -211,18 +217,18 @@ def streaming_parity(reference: BackendBase, candidate: BackendBase, precision: 
 @dataclass
 class LatencyRow:
     precision: str
-    backend: str
+    engine: str
     size_bytes: int
     milliseconds: dict[int, float]  # T -> median ms per call (batch 1)
 
 
-def measure_latency(backend: BackendBase, feature_dim: int, lengths: Sequence[int] = LATENCY_LENGTHS,
+def measure_latency(engine: EngineBase, feature_dim: int, lengths: Sequence[int] = LATENCY_LENGTHS,
                     repeat: int = 5, seed: int = 0) -> dict[int, float]:
     """Median milliseconds of one offline call ``[1, T, D]`` per T (after :data:`WARMUP_CALLS` untimed calls)."""
     rng = np.random.default_rng(seed)
     result = {}
     for length in lengths:
         features = np.maximum(rng.standard_normal((1, length, feature_dim), dtype=np.float32), 0)
-        times = time_call(lambda f=features: backend.infer(f), repeat=repeat, warmup=WARMUP_CALLS)
+        times = time_call(lambda f=features: engine.infer(f), repeat=repeat, warmup=WARMUP_CALLS)
         result[int(length)] = float(np.median(times) * 1e3)
     return result

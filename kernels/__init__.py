@@ -18,12 +18,12 @@ kept class, beyond docs/design.md §5:
 - A proposal's outer window is ``[max(0, int(s − λ·len)), s − 1] ∪ [e + 1, min(num_frames, int(e + λ·len)) − 1]``
   on the thresholded row, as the published code (Python ``int`` truncation, asymmetric right end).
 - Proposals are ordered by threshold, then by start. NMS visits them by score rounded to 2⁻²⁰ (``ranking_key``),
-  highest first, with a *stable* sort: scores equal after rounding keep that order. Backends sum in different
+  highest first, with a *stable* sort: scores equal after rounding keep that order. The kernels sum in different
   orders, so their scores differ in the last bits; the rounding turns such near-ties (which the published code
   orders by those bits, through an unstable sort) into ties broken identically everywhere.
 - Output: ordered by video, then score descending (stable; equal scores stay by class, then NMS order).
 
-Importing this package needs neither a GPU nor numba-cuda; ``backend="cuda"`` says what is missing.
+Importing this package needs neither a GPU nor numba-cuda; ``kernels="cuda"`` says what is missing.
 """
 
 from ecm_edge.kernels.detections import (

@@ -1,4 +1,4 @@
-"""The CPU backend: numba ``@njit`` kernels, parallel over (video, kept class) pairs, cached on disk.
+"""The CPU kernels: numba ``@njit`` kernels, parallel over (video, kept class) pairs, cached on disk.
 
 A kept row is interpolated from T snippets to ``num_frames`` samples, usually about ten times more, and most
 of those samples never need computing. Frames whose interpolation position lies between snippets κ and κ + 1
@@ -40,9 +40,9 @@ import numpy as np
 from numba import njit, prange
 
 from ecm_edge.kernels.detections import RANK_SCALE, empty_detections, pack_detections
+from ecm_edge.kernels.inputs import VideoBatch, kept_pairs
 from ecm_edge.kernels.params import PostParams
 from ecm_edge.kernels.reference import float32_row
-from ecm_edge.kernels.validate import VideoBatch, kept_pairs
 
 # A segment's interpolated values lie within this many machine epsilons times (|a| + |b|) of the range of its
 # snippet values a, b (the rounding bound is 2 in float64, 4 in float32: OpenCV's weights need not sum to 1); no
@@ -475,7 +475,7 @@ def outer_mean(row, scale, opencv, first, mass, run_start, run_end, mass_start, 
 @njit(cache=True)
 def threshold_nms(start, end, score, slots, iou_threshold, iou_offset, kept_order):
     """Greedy NMS over one pair's proposals, ``slots[k] .. slots[k + 1] − 1`` those of threshold k: the CPU
-    backend's NMS, and the CUDA backend's for pairs with too many proposals for its device bitmask.
+    kernels' NMS, and the CUDA kernels' for pairs with too many proposals for its device bitmask.
 
     Writes the kept proposals, highest ranking key first (ties in index order), to ``kept_order[slots[0] ..]``
     and returns how many. A threshold's runs are disjoint and ordered, so the ones a kept segment can overlap

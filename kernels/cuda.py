@@ -1,4 +1,4 @@
-"""The CUDA backend: numba ``@cuda.jit`` kernels, one launch sequence for a whole batch of videos and classes.
+"""The CUDA kernels: numba ``@cuda.jit`` kernels, one launch sequence for a whole batch of videos and classes.
 
 Every frame of every kept (video, class) row gets a thread; the stages, in launch order:
 
@@ -15,11 +15,11 @@ Every frame of every kept (video, class) row gets a thread; the stages, in launc
    a suppression bitmask (bit j of row i: IoU(i, j) ≥ threshold, j ranked after i), swept on the device.
 7. ``gather``: one [M, 4] array (score, start, end, kept) copied to the host.
 
-Arithmetic matches the CPU backend and the reference to the bit where it decides runs: products that feed
+Arithmetic matches the CPU kernels and the reference to the bit where it decides runs: products that feed
 positions, values and outer windows are rounded on their own (``dmul_rn``), never fused into an FMA; in ``ecm``
 mode the interpolation is OpenCV's float32 one, each float32 operation rounded on its own (``fmul_rn``,
 ``fadd_rn``, ``fsub_rn``). Pairs with more proposals than ``MAX_DEVICE_NMS`` get their NMS on the host, from the
-CPU backend's ``threshold_nms``. The CAS may be a device array (anything with ``__cuda_array_interface__``): it
+CPU kernels' ``threshold_nms``. The CAS may be a device array (anything with ``__cuda_array_interface__``): it
 is read in place, on the caller's stream (``ecm_edge.kernels.streams``). Importing this module needs neither
 numba-cuda nor a GPU.
 """
@@ -35,9 +35,9 @@ import numpy as np
 from ecm_edge.environment import cuda_gpu_visible, cuda_simulator_enabled
 from ecm_edge.errors import EcmEdgeError, MissingDependencyError
 from ecm_edge.kernels.detections import empty_detections, make_detections
+from ecm_edge.kernels.inputs import VideoBatch, is_device_array, kept_pairs
 from ecm_edge.kernels.params import PostParams
 from ecm_edge.kernels.streams import is_numba_stream, to_numba_stream
-from ecm_edge.kernels.validate import VideoBatch, is_device_array, kept_pairs
 
 THREADS = 256  # threads per block on a GPU (a power of two: the block scans and reductions halve it)
 MAX_BLOCKS = 65535  # per grid dimension; grid-stride loops cover anything beyond
@@ -53,8 +53,8 @@ def _cuda() -> Any:
     try:
         from numba import cuda
     except ImportError:
-        raise MissingDependencyError("numba-cuda", "the CUDA post-processing backend",
-                                     "pip install 'ecm-edge[cuda]', or use backend='cpu'") from None
+        raise MissingDependencyError("numba-cuda", "the CUDA post-processing kernels",
+                                     "pip install 'ecm-edge[cuda]', or use kernels='cpu'") from None
     return cuda
 
 
@@ -62,7 +62,7 @@ def require_cuda() -> Any:
     """``numba.cuda``, with a GPU (or the simulator), or an error saying what to use instead."""
     cuda = _cuda()
     if not cuda_simulator_enabled() and not cuda_gpu_visible():
-        raise EcmEdgeError("backend='cuda' needs a visible CUDA GPU and none was found; use backend='cpu' "
+        raise EcmEdgeError("kernels='cuda' needs a visible CUDA GPU and none was found; use kernels='cpu' "
                            "(or 'auto'), or set NUMBA_ENABLE_CUDASIM=1 to run the kernels in numba's simulator")
     return cuda
 
@@ -272,7 +272,7 @@ def _assemble(result: np.ndarray, proposal_offsets: np.ndarray, on_device: np.nd
 
 def _host_nms(start_s: np.ndarray, end_s: np.ndarray, score: np.ndarray, slots: np.ndarray,
               params: PostParams) -> tuple[np.ndarray, np.ndarray]:
-    """NMS of one pair on the host, by the CPU backend's ``threshold_nms`` (its proposals, threshold by threshold,
+    """NMS of one pair on the host, by the CPU kernels' ``threshold_nms`` (its proposals, threshold by threshold,
     are ``slots[k] .. slots[k + 1] − 1``, in proposal order as the device wrote them): (kept, rank among kept)."""
     from ecm_edge.kernels.cpu import threshold_nms
 

@@ -1,6 +1,6 @@
 """The CUDA kernels of the post-processing (see ``ecm_edge.kernels.cuda`` for the stages and launches).
 
-Imported only when the CUDA backend runs: it imports ``numba.cuda``. Kernels are built per block size by
+Imported only when the CUDA kernels run: it imports ``numba.cuda``. Kernels are built per block size by
 :func:`build_kernels`, which makes the block size a compile-time constant (shared-memory arrays need one).
 """
 
@@ -345,7 +345,7 @@ KERNEL_NAMES = ("row_stats", "interpolate", "prefix_scan", "count_runs", "find_r
 
 
 def kernel_signatures(cas_dtype: str = "float32") -> dict[str, tuple]:
-    """Argument types of every kernel as the backend launches them (for ahead-of-time PTX compilation)."""
+    """Argument types of every kernel as ``ecm_edge.kernels.cuda`` launches them (for ahead-of-time PTX compilation)."""
     from numba import types
 
     def array(dtype: Any, ndim: int = 1, layout: str = "C") -> Any:

@@ -1,4 +1,4 @@
-"""The one output type of every backend: a structured array of segments, and how two of them are compared."""
+"""The one output type of all post-processing kernels: a structured array of segments, and how two of them are compared."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 DETECTION_DTYPE = np.dtype([("video", "<i4"), ("cls", "<i4"), ("start", "<f8"), ("end", "<f8"), ("score", "<f8")])
 
 # NMS visits proposals by score rounded to a multiple of 2⁻²⁰ (about 1e-6), highest first, equal rounded scores in
-# proposal order. Backends sum the same values in different orders, so their scores differ in the last bits;
+# proposal order. The kernels sum the same values in different orders, so their scores differ in the last bits;
 # rounding makes near-ties (which the published code orders by those last bits) ties, broken the same way.
 RANK_SCALE = 2.0**20
 
@@ -25,8 +25,8 @@ def make_detections(video: np.ndarray, cls: np.ndarray, start: np.ndarray, end: 
                     score: np.ndarray) -> np.ndarray:
     """Pack columns into a detection array, ordered by video, then by score descending.
 
-    The sort is stable, so segments of equal score keep the order they are given in; every backend hands them
-    over by class, then in its NMS order, which makes the output order identical across backends.
+    The sort is stable, so segments of equal score keep the order they are given in; all kernels hand them
+    over by class, then in their NMS order, which makes the output order identical across kernels.
     """
     return sort_detections(pack_detections(video, cls, start, end, score))
 

@@ -1,7 +1,7 @@
-"""The post-processing parameters every backend receives, frozen and checked once.
+"""The post-processing parameters all kernels receive, frozen and checked once.
 
 Defaults and allowed words come from the config schema (``ecm_edge.config.PostConfig`` and ``CHOICES``); the
-mode switch lives here too: backends ask for the behaviours a mode selects (``iou_offset``,
+mode switch lives here too: the kernels ask for the behaviours a mode selects (``iou_offset``,
 ``drops_lone_first_frame``, ``opencv_interpolation``), never for the mode's name.
 """
 
@@ -17,15 +17,15 @@ from ecm_edge.errors import ConfigError
 
 MODES: tuple[str, ...] = CHOICES["post.mode"]
 TIME_BASES: tuple[str, ...] = CHOICES["post.time_base"]
-MAX_THRESHOLDS = 32767  # the compiled backends store, per frame, how many thresholds it passes as int16
+MAX_THRESHOLDS = 32767  # the compiled kernels store, per frame, how many thresholds it passes as int16
 
 
 @dataclass(frozen=True, eq=False)
 class PostParams:
-    """What turns a CAS into segments (docs/design.md §5), independent of the backend that runs it.
+    """What turns a CAS into segments (docs/design.md §5), independent of the kernels that run it.
 
     Field meanings and defaults are those of the config's ``post`` section. ``act_thresholds`` must be
-    non-negative and strictly ascending: the compiled backends count, per frame, how many thresholds the frame
+    non-negative and strictly ascending: the compiled kernels count, per frame, how many thresholds the frame
     passes, and rely on runs at a higher threshold nesting inside runs at a lower one.
     """
 

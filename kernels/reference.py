@@ -2,7 +2,7 @@
 
 Written for clarity, not speed: per class and threshold it zeroes a copy of the row, splits the surviving
 positions into runs, averages each run and its outer window in Python, and runs a greedy NMS. The compiled
-backends must give the same detections (same segments, scores within 1e-5).
+kernels must give the same detections (same segments, scores within 1e-5).
 
 Each rule of docs/design.md §5 is one small function here, and the streaming tracker (``ecm_edge.runtime.online``)
 uses the same ones: ``thresholded`` (step 4), ``outer_reach`` / ``outer_window`` / ``outer_mean`` / ``oic_score``
@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from ecm_edge.kernels.detections import empty_detections, make_detections, ranking_key
+from ecm_edge.kernels.inputs import VideoBatch
 from ecm_edge.kernels.params import PostParams
-from ecm_edge.kernels.validate import VideoBatch
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -102,8 +102,9 @@ def interpolate_opencv(row: np.ndarray, num_frames: int) -> np.ndarray:
     without OpenCV: the ``ecm`` mode's step 3 (the published code resizes a float32 CAS).
 
     OpenCV's arithmetic for a one-row float32 image, the generic INTER_LINEAR path of ``cv::hal::resize``
-    (``modules/imgproc/src/resize.cpp``; checked bit for bit against ``cv2.resize`` in tests/test_kernels_ecm.py;
-    a column image ``[T, 1]`` or many rows at once take other paths, whose last bits differ on some frames):
+    (``modules/imgproc/src/resize.cpp``; checked bit for bit against ``cv2.resize`` in
+    tests/kernels/test_kernels_ecm.py; a column image ``[T, 1]`` or many rows at once take other paths, whose last
+    bits differ on some frames):
     with ``scale`` from :func:`opencv_scale`, sample j reads ``x = float32((j + 0.5) · scale − 0.5)`` (float64 arithmetic, rounded once
     to float32), ``k = ⌊x⌋``, ``f = x − k`` (exact). ``k < 0`` gives ``k = 0, f = 0``; ``k ≥ T − 1`` gives
     ``row[T − 1]``; otherwise the value is

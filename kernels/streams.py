@@ -7,7 +7,7 @@ ONNX Runtime and torch's ``ExternalStream`` take), :func:`to_numba_stream` a num
 kernel launches), so an engine and the post-processing kernels run on one stream without a host round trip.
 
 Used by the CUDA post-processing (``ecm_edge.kernels.cuda``) and the runtime's device buffers
-(``ecm_edge.runtime.backends.cuda_buffers``). Imports neither numba nor torch: the caller passes ``numba.cuda``.
+(``ecm_edge.runtime.engines.cuda_buffers``). Imports neither numba nor torch: the caller passes ``numba.cuda``.
 """
 
 from __future__ import annotations

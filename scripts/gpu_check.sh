@@ -2,7 +2,7 @@
 # The GPU checks, for a machine with a CUDA GPU and Python with numba-cuda (torch and onnxruntime optional):
 #   1. install this tree (editable, offline: no dependencies fetched, no build isolation);
 #   2. the GPU-marked tests: pytest -m gpu;
-#   3. the post-processing benchmark with the CUDA backend (videos/s, per-video latency, speedup vs the numpy
+#   3. the post-processing benchmark with the CUDA kernels (videos/s, per-video latency, speedup vs the numpy
 #      reference, detections checked against it).
 # Prints everything the README's GPU numbers come from. Exit code: that of the tests (then of the benchmark).
 # Usage: scripts/gpu_check.sh [extra pytest arguments]

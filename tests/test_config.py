@@ -116,7 +116,7 @@ def test_atomic_writes_have_ordinary_permissions(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o644
 
 
-def test_a_stored_config_rebuilds_with_its_name_and_checked_values():
+def test_a_stored_config_rebuilds_with_its_name_and_checked_values(monkeypatch, caplog):
     """config_from_stored: what checkpoints, deploy folders and artifacts recorded, name included."""
     from ecm_edge.config import config_from_stored
 
@@ -128,6 +128,13 @@ def test_a_stored_config_rebuilds_with_its_name_and_checked_values():
     assert config_from_stored({"model": {"num_classes": 4}}, source="m.json").name == "custom"
     with pytest.raises(ConfigError, match=r"^run/last\.pt: unknown key train\.epoch"):
         config_from_stored({"name": "x", "train": {"epoch": 3}}, source="run/last.pt")
+    # a key renamed since it was stored (post.backend, now post.kernels) reads as the new one, warned about once
+    monkeypatch.setattr("ecm_edge.config._warned_renames", set())
+    old = config_from_stored({"post": {"backend": "cpu"}}, source="old/model.json")
+    assert old.post.kernels == "cpu" and "backend" not in old.to_dict()["post"]
+    assert load_config("thumos14", ["post.backend=numpy"]).post.kernels == "numpy"
+    warned = [r.getMessage() for r in caplog.records if "post.backend" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("old/model.json: post.backend is deprecated"), warned
 
 
 def _numeric_keys() -> list[str]:

@@ -478,7 +478,7 @@ def test_tampered_onnx_artifact_is_refused_before_streaming(deploy_dir, features
         data = bytearray(artifact.read_bytes())
         data[len(data) // 2] ^= 0x01
         artifact.write_bytes(bytes(data))
-    args = ["stream", "--features", str(features_file), "--artifacts", str(tmp_path / "export"), "--backend",
+    args = ["stream", "--features", str(features_file), "--artifacts", str(tmp_path / "export"), "--engine",
             "onnxruntime", "--no-realtime"]
     code, out, err = run_main(args, capsys)
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1

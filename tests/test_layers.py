@@ -65,7 +65,8 @@ def lint_imports(workdir: Path) -> subprocess.CompletedProcess[str]:
 def test_the_installed_layout_is_the_package_of_this_checkout(tmp_path):
     layout = installed_layout(tmp_path)
     for module in ("ecm_edge/__init__.py", "ecm_edge/train/__main__.py", "ecm_edge/export/pipeline.py",
-                   "ecm_edge/kernels/params.py", "ecm_edge/runtime/backends/__init__.py"):
+                   "ecm_edge/kernels/params.py", "ecm_edge/runtime/engines/__init__.py",
+                   "ecm_edge/export/torch_engine.py"):
         assert (layout / module).is_file(), module
 
 

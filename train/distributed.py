@@ -2,7 +2,7 @@
 
 Processes are started by ``torchrun`` (``torchrun --nproc_per_node N -m ecm_edge.train ...``) or by
 ``ecm-edge train --nproc N``, which runs torchrun for you (:func:`ecm_edge.cli.train.launch_command`). torchrun tells each process its place through the
-environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); a process started without them trains alone. The backend
+environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); a process started without them trains alone. The torch.distributed backend
 is gloo on CPU and NCCL on GPU. Rank 0 alone evaluates and writes files; the others wait at a barrier.
 """
 

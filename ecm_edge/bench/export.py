@@ -42,7 +42,7 @@ def _run(root: Path, settings: dict) -> BenchSection:
     from ecm_edge.data.synth import SynthSettings, generate_dataset
     from ecm_edge.export import validate as val
     from ecm_edge.export.pipeline import ExportRequest, run_export
-    from ecm_edge.runtime.backends import load_backend
+    from ecm_edge.runtime.engines import load_engine
     from ecm_edge.train.deploy import save_deploy
     from ecm_edge.train.model import ECM, ECMDims
 
@@ -61,21 +61,22 @@ def _run(root: Path, settings: dict) -> BenchSection:
                                           calib_data=root / "data", engine=False))
         outputs.update({p: result.artifact("offline", p) for p in ("fp32", precision)})
     clips = val.offline_clips(test, T_FIXED)
-    torch_backend = load_backend(root / "run", backend="torch", graph="offline")
-    reference = val.run_offline(torch_backend, clips)
+    torch_engine = load_engine(root / "run", engine="torch", graph="offline")
+    reference = val.run_offline(torch_engine, clips)
     rows: list[list[object]] = []
-    torch_ms = val.measure_latency(torch_backend, dim, settings["lengths"], settings["repeat"])
+    torch_ms = val.measure_latency(torch_engine, dim, settings["lengths"], settings["repeat"])
     rows.append(_row("torch (baseline)", "torch", None, {"cas": 0.0, "video_scores": 0.0}, torch_ms, torch_ms))
     for precision in ("fp32", "fp16", "int8"):
-        backend = load_backend(outputs[precision])
-        errors = {r.output: r.max_abs for r in val.compare_outputs(reference, val.run_offline(backend, clips),
-                                                                   "offline", precision, backend.name)}
-        latency = val.measure_latency(backend, dim, settings["lengths"], settings["repeat"])
-        provider = backend.providers[0].replace("ExecutionProvider", "")
+        engine = load_engine(outputs[precision])
+        errors = {r.output: r.max_abs for r in val.compare_outputs(reference, val.run_offline(engine, clips),
+                                                                   "offline", precision, engine.name)}
+        latency = val.measure_latency(engine, dim, settings["lengths"], settings["repeat"])
+        provider = engine.providers[0].replace("ExecutionProvider", "")
         rows.append(_row(precision, f"onnxruntime {provider}", outputs[precision].stat().st_size, errors, latency,
                          torch_ms))
-        backend.close()
+        engine.close()
     lengths = settings["lengths"]
+    # "backend" (the engine column) stays the word of the README's published table
     headers = (["model", "backend", "size MB", "cas max abs err", "video_scores max abs err"]
                + [f"ms T={t}" for t in lengths] + [f"speed-up vs torch T={lengths[-1]}"])
     notes = [f"head D=H={dim}, C={cfg.model.num_classes}, k={cfg.topk}; {model.num_parameters() / 1e6:.1f} M parameters; "
@@ -86,9 +87,9 @@ def _run(root: Path, settings: dict) -> BenchSection:
     return BenchSection("Export: ONNX Runtime per precision vs the torch head", headers, rows, notes)
 
 
-def _row(name: str, backend: str, size: int | None, errors: dict[str, float], latency: dict[int, float],
+def _row(name: str, engine: str, size: int | None, errors: dict[str, float], latency: dict[int, float],
          baseline: dict[int, float]) -> list[object]:
     longest = max(latency)
-    return ([name, backend, "—" if size is None else round(size / 1e6, 1), float(errors["cas"]),
+    return ([name, engine, "—" if size is None else round(size / 1e6, 1), float(errors["cas"]),
              float(errors["video_scores"])] + [round(latency[t], 2) for t in sorted(latency)]
             + [f"{baseline[longest] / latency[longest]:.2f}×"])

@@ -1,4 +1,4 @@
-"""Benchmark part ``postprocess``: the kernel backends against the numpy reference on THUMOS14-like inputs.
+"""Benchmark part ``postprocess``: the post-processing kernels against the numpy reference on THUMOS14-like inputs.
 
 Inputs: 210 videos, T = 750 snippets, 20 classes, frame counts from THUMOS14's real test-video durations at
 30 fps (W-TALC's ``duration.npy``, when the annotations are found; otherwise durations drawn from the log-normal
@@ -6,7 +6,7 @@ fitted to them), 2–4 classes above the class threshold per video. The CAS of a
 real ground-truth instances (or random ones) as raised plateaus over smoothed noise; every class has
 background noise that sometimes crosses zero, so low thresholds see short spurious runs as with a real model.
 
-Each backend is timed on the whole batch after a first call whose time (JIT compilation included) is reported
+Each set of kernels is timed on the whole batch after a first call whose time (JIT compilation included) is reported
 separately; detections are checked against the reference's. The ratio to the reference, measured in the same
 run, is the result; the absolute numbers depend on the machine.
 """
@@ -27,7 +27,7 @@ from ecm_edge.bench import BenchSection
 from ecm_edge.config import load_config
 from ecm_edge.environment import cuda_gpu_visible
 from ecm_edge.kernels import PostParams, compare_detections
-from ecm_edge.postprocess import available_backends, localize, localize_batch
+from ecm_edge.postprocess import available_kernels, localize, localize_batch
 from ecm_edge.timing import time_call
 
 logger = logging.getLogger("ecm_edge")
@@ -142,16 +142,16 @@ def _plateaus(rng: np.random.Generator, spans: list[tuple[float, float]], durati
 
 
 def run(quick: bool) -> BenchSection:
-    """Videos per second of every available backend and its speedup against the numpy reference."""
+    """Videos per second of all available kernels and their speedup against the numpy reference."""
     inputs = thumos_like_inputs()
     if quick:
         inputs = inputs.subset(QUICK_VIDEOS)
     params = PostParams.from_config(load_config("thumos14").post)
     repeat = 2 if quick else 5
 
-    def batch_call(backend: str, cas=None):
+    def batch_call(kernels: str, cas=None):
         return lambda: localize_batch(inputs.cas if cas is None else cas, inputs.video_scores,
-                                      num_frames=inputs.num_frames, fps=inputs.fps, params=params, backend=backend)
+                                      num_frames=inputs.num_frames, fps=inputs.fps, params=params, kernels=kernels)
 
     start = time.perf_counter()
     expected = batch_call("numpy")()
@@ -160,22 +160,22 @@ def run(quick: bool) -> BenchSection:
                                  inputs.num_videos, 1.0, "-", _latency_ms(inputs, params, "numpy", quick),
                                  len(expected), "reference"]]
     threads = _numba_threads()
-    for backend in _timed_backends():
+    for kernels in _timed_kernels():
         start = time.perf_counter()
-        batch_call(backend)()
+        batch_call(kernels)()
         first_s = time.perf_counter() - start
-        found = batch_call(backend)()
+        found = batch_call(kernels)()
         mismatch = compare_detections(found, expected)
         identical = "yes" if mismatch is None else f"NO: {mismatch}"
-        latency = _latency_ms(inputs, params, backend, quick)
-        variants = [(f"cpu ({threads} threads)", threads), ("cpu (1 thread)", 1)] if backend == "cpu" else [
-            (backend, threads)]
+        latency = _latency_ms(inputs, params, kernels, quick)
+        variants = [(f"cpu ({threads} threads)", threads), ("cpu (1 thread)", 1)] if kernels == "cpu" else [
+            (kernels, threads)]
         for label, count in variants:
             with _numba_thread_count(count):
-                seconds = float(np.median(time_call(batch_call(backend), repeat=repeat, warmup=1)))
+                seconds = float(np.median(time_call(batch_call(kernels), repeat=repeat, warmup=1)))
             rows.append([label, inputs.num_videos / seconds, 1e3 * seconds / inputs.num_videos,
                          reference_s / seconds, first_s, latency, len(found), identical])
-        if backend == "cuda":
+        if kernels == "cuda":
             rows.append(_device_input_row(inputs, params, expected, reference_s, repeat))
     notes = [f"{inputs.num_videos} videos, T = {SNIPPETS}, {NUM_CLASSES} classes, {FPS:g} fps, "
              f"{int(inputs.num_frames.sum()):,} frames in all (mean {inputs.num_frames.mean():,.0f} per video), "
@@ -187,40 +187,41 @@ def run(quick: bool) -> BenchSection:
              "later runs); latency: one video per call.",
              "latency runs on one thread (a single video has too few classes to share); identical = same "
              "segments as the reference (class, bounds; scores within 1e-5)."]
-    if "cuda" not in _timed_backends():
+    if "cuda" not in _timed_kernels():
         notes.append("cuda: no CUDA GPU visible here; scripts/gpu_check.sh measures it on a GPU machine.")
+    # the report's words (title, first column) stay those of the README's published tables
     return BenchSection("Post-processing backends (THUMOS14-like inputs)",
                         ["backend", "videos/s", "ms/video", "speedup vs numpy", "first call s",
                          "latency ms (1 video)", "detections", "identical"], rows, notes)
 
 
-def _timed_backends() -> list[str]:
+def _timed_kernels() -> list[str]:
     """cpu, and cuda on a real GPU (never the simulator: it would take hours and time nothing real)."""
-    return ["cpu", "cuda"] if cuda_gpu_visible() and "cuda" in available_backends() else ["cpu"]
+    return ["cpu", "cuda"] if cuda_gpu_visible() and "cuda" in available_kernels() else ["cpu"]
 
 
-def _latency_ms(inputs: BenchInputs, params: PostParams, backend: str, quick: bool) -> float:
+def _latency_ms(inputs: BenchInputs, params: PostParams, kernels: str, quick: bool) -> float:
     """Median time of one ``localize`` call per video, on the first videos."""
     count = min(inputs.num_videos, 10 if quick else LATENCY_VIDEOS)
     times = []
     for v in range(count):
         start = time.perf_counter()
         localize(inputs.cas[v], inputs.video_scores[v], num_frames=int(inputs.num_frames[v]), fps=FPS,
-                 params=params, backend=backend)
+                 params=params, kernels=kernels)
         times.append(time.perf_counter() - start)
     return 1e3 * float(np.median(times))
 
 
 def _device_input_row(inputs: BenchInputs, params: PostParams, expected: np.ndarray, reference_s: float,
                       repeat: int) -> list[object]:
-    """The CUDA backend reading a CAS already in device memory (as an engine's output buffer)."""
+    """The CUDA kernels reading a CAS already in device memory (as an engine's output buffer)."""
     from numba import cuda
 
     device_cas = cuda.to_device(inputs.cas)
 
     def call() -> np.ndarray:
         return localize_batch(device_cas, inputs.video_scores, num_frames=inputs.num_frames, fps=inputs.fps,
-                              params=params, backend="cuda")
+                              params=params, kernels="cuda")
 
     call()
     seconds = float(np.median(time_call(call, repeat=repeat, warmup=0)))

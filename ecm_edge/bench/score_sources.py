@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ecm_edge.bench import CHECKPOINT_ENV, BenchSection, describe_dataset, trained_run_from_env
-from ecm_edge.kernels.sources import SCORE_SOURCES
+from ecm_edge.kernels.score_rows import SCORE_SOURCES
 
 log = logging.getLogger("ecm_edge")
 

@@ -40,8 +40,8 @@ from ecm_edge.config import Config, load_config
 from ecm_edge.errors import MissingDependencyError
 from ecm_edge.parity import PARITY_IOU, measure_parity
 from ecm_edge.runtime.head import (
-    BackendRunner,
     ColumnHead,
+    EngineRunner,
     StreamingHead,
     WindowHead,
     full_cas,
@@ -115,11 +115,11 @@ def _make_artifacts(folder: Path, d: int, h: int, c: int) -> tuple[Path, Path | 
     return deploy_dir, export_dir
 
 
-def _onnx_runner(export_dir: Path) -> BackendRunner:
-    from ecm_edge.runtime.backends import load_backend
+def _onnx_runner(export_dir: Path) -> EngineRunner:
+    from ecm_edge.runtime.engines import load_engine
 
-    return BackendRunner(load_backend(export_dir / "ecm.onnx", "onnxruntime"),
-                         load_backend(export_dir / "ecm.stream.onnx", "onnxruntime"))
+    return EngineRunner(load_engine(export_dir / "ecm.onnx", "onnxruntime"),
+                        load_engine(export_dir / "ecm.stream.onnx", "onnxruntime"))
 
 
 # -- latency -----------------------------------------------------------------------------------------------------

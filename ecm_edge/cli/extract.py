@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 
 from ecm_edge.cli.main import info
-from ecm_edge.cli.options import config_options, resolve_config
+from ecm_edge.cli.options import config_options, renamed_option, resolve_config
 from ecm_edge.runtime.extract import (
     SPLIT_CHOICES,
     VideoResult,
@@ -49,8 +49,9 @@ from ecm_edge.runtime.extractors import (
 @click.option("--flow-artifact", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="i3d: the exported flow network; adds 1024 flow channels from OpenCV Farneback optical flow "
                    "(an approximation of TV-L1).")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto",
-              show_default=True, help="i3d: runtime backend (auto: by the artifact's suffix, .onnx or .engine).")
+@renamed_option("--engine", "--backend", "engine", type=click.Choice(["auto", "onnxruntime", "tensorrt"]),
+                default="auto", show_default=True,
+                help="i3d: inference engine (auto: by the artifact's suffix, .onnx or .engine).")
 @click.option("--split", type=click.Choice(SPLIT_CHOICES), default="auto", show_default=True,
               help="Put all videos in one split folder, place them by OUT/split_*.txt (auto), or flat (none).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
@@ -59,13 +60,13 @@ from ecm_edge.runtime.extractors import (
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @config_options(default="thumos14")
 def extract(inputs: tuple[Path, ...], out_dir: Path, extractor: str, backbone_artifact: Path | None,
-            flow_artifact: Path | None, backend: str, split: str, batch_size: int, overwrite: bool,
+            flow_artifact: Path | None, engine: str, split: str, batch_size: int, overwrite: bool,
             progress: bool | None, config_name: str, overrides: tuple[str, ...]) -> None:
     """Extract features from video files (INPUTS: files or folders of videos) into a dataset folder."""
     cfg = resolve_config(config_name, overrides)
     videos = find_videos(inputs)
     jobs = assign_splits(videos, out_dir, split)
-    model = build_extractor(extractor, backbone_artifact, flow_artifact, backend, batch_size)
+    model = build_extractor(extractor, backbone_artifact, flow_artifact, engine, batch_size)
     skipped = sum(has_features(out_dir, job, model) for job in jobs) if not overwrite else 0
     if skipped:
         info(f"{skipped} of {len(jobs)} videos already have features (use --overwrite to redo them)")
@@ -75,10 +76,10 @@ def extract(inputs: tuple[Path, ...], out_dir: Path, extractor: str, backbone_ar
     report(out_dir, model, results, skipped, time.perf_counter() - started)
 
 
-def build_extractor(name: str, artifact: Path | None, flow_artifact: Path | None, backend: str,
+def build_extractor(name: str, artifact: Path | None, flow_artifact: Path | None, engine: str,
                     batch_size: int) -> FeatureExtractor:
     if name == "i3d":
-        return create_extractor("i3d", artifact=artifact, flow_artifact=flow_artifact, backend=backend,
+        return create_extractor("i3d", artifact=artifact, flow_artifact=flow_artifact, engine=engine,
                                 batch_size=batch_size)
     if artifact is not None or flow_artifact is not None:
         raise click.UsageError(f"--backbone-artifact/--flow-artifact are for --extractor i3d, not {name}")

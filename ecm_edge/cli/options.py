@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -26,3 +26,30 @@ def config_options(default: str | None = "thumos14") -> Callable[[Callable[..., 
 
 def resolve_config(config_name: str | None, overrides: tuple[str, ...]) -> Config:
     return load_config(config_name, overrides)
+
+
+class HiddenAliasOption(click.Option):
+    """An option whose old spellings (``hidden_aliases``) still parse but stay out of ``--help`` and messages."""
+
+    def __init__(self, *args: Any, hidden_aliases: Sequence[str] = (), **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.hidden_aliases = tuple(hidden_aliases)
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        return self._without_aliases(super().get_help_record, ctx)
+
+    def get_error_hint(self, ctx: click.Context) -> str:
+        return self._without_aliases(super().get_error_hint, ctx)
+
+    def _without_aliases(self, method: Callable[[click.Context], Any], ctx: click.Context) -> Any:
+        shown = self.opts
+        self.opts = [opt for opt in shown if opt not in self.hidden_aliases]
+        try:
+            return method(ctx)
+        finally:
+            self.opts = shown
+
+
+def renamed_option(new: str, old: str, name: str, **attrs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``click.option(new, ...)`` that also accepts the option's former spelling ``old`` as a hidden alias."""
+    return click.option(new, old, name, cls=HiddenAliasOption, hidden_aliases=(old,), **attrs)

@@ -29,9 +29,9 @@ import click
 from tqdm import tqdm
 
 from ecm_edge.cli.main import info
-from ecm_edge.cli.options import config_options
+from ecm_edge.cli.options import config_options, renamed_option
 from ecm_edge.errors import EcmEdgeError
-from ecm_edge.runtime.localizer import BACKENDS, Localizer
+from ecm_edge.runtime.localizer import HEAD_ENGINES, Localizer
 from ecm_edge.runtime.sinks import JsonlSink, SinkLoss, WebhookSink
 
 log = logging.getLogger("ecm_edge")
@@ -48,9 +48,9 @@ STOP_DEADLINE_S = 4.0  # after a stop request: the process ends by then even if 
               help="A [T, D] .npy of snippet features, replayed at snippet rate.")
 @click.option("--artifacts", required=True, type=click.Path(exists=True, path_type=Path),
               help="A training run folder (model.safetensors + model.json) or an `ecm-edge export` folder.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
-              help="Head runtime: numpy (deploy folder, one column per snippet), onnxruntime / tensorrt (export "
-                   "folder), torch; auto picks numpy for a deploy folder, else what the machine has.")
+@renamed_option("--engine", "--backend", "engine", type=click.Choice(HEAD_ENGINES), default="auto", show_default=True,
+                help="What runs the head: numpy (deploy folder, one column per snippet), onnxruntime / tensorrt "
+                     "(export folder), torch; auto picks numpy for a deploy folder, else what the machine has.")
 @click.option("--extractor", default="tiny", show_default=True,
               help="Feature extractor for video input: tiny, or i3d with --backbone-artifact.")
 @click.option("--backbone-artifact", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -66,7 +66,7 @@ STOP_DEADLINE_S = 4.0  # after a stop request: the process ends by then even if 
 @config_options(default=None)
 @click.pass_context
 def stream(ctx: click.Context, camera: int | None, video: Path | None, url: str | None, features: Path | None,
-           artifacts: Path, backend: str, extractor: str, backbone_artifact: Path | None,
+           artifacts: Path, engine: str, extractor: str, backbone_artifact: Path | None,
            flow_artifact: Path | None, out: str, webhook: str | None, spool: Path | None, no_realtime: bool,
            config_name: str | None, overrides: tuple[str, ...]) -> None:
     """Localize actions live; JSON events (segment, stats, source_lost, ...) one per line.
@@ -80,7 +80,7 @@ def stream(ctx: click.Context, camera: int | None, video: Path | None, url: str 
         raise click.UsageError("give exactly one source: --camera N, --video PATH, --url URL or --features FILE"
                                + (f" (got {', '.join(chosen)})" if chosen else ""))
     options = {k: v for k, v in (("artifact", backbone_artifact), ("flow_artifact", flow_artifact)) if v}
-    localizer = Localizer.from_artifacts(artifacts, backend, config=config_name, overrides=overrides,
+    localizer = Localizer.from_artifacts(artifacts, engine, config=config_name, overrides=overrides,
                                          extractor=None if features is not None else extractor,
                                          extractor_options=options)
     cfg = localizer.config
@@ -102,7 +102,7 @@ def stream(ctx: click.Context, camera: int | None, video: Path | None, url: str 
     except BaseException:
         localizer.close()
         raise
-    info(f"stream: {source.description} → {localizer.backend} head from {artifacts}, "
+    info(f"stream: {source.description} → {localizer.engine} head from {artifacts}, "
          f"{len(localizer.class_names)} classes, {localizer.resampler.rate:g} columns per snippet; "
          f"events to {'stdout' if out == '-' else out}{f' and {webhook}' if webhook else ''}")
     with _graceful_stop() as stop:

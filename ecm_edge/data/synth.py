@@ -42,8 +42,8 @@ Everything but the noise is non-negative, and the ReLU keeps the features so (I3
 ``difficulty`` (0..1) scales noise, context, non-action motion, nuisance, the overlap between class signatures
 and how strongly the scene predicts the class. Single snippets stay separable by class, while the class evidence
 that leaks just outside the instances grows with the difficulty: that leak, not the snippet classification, is
-what weak supervision has to overcome. ``tests/test_synth.py`` checks both properties; the measured figures are
-in docs/design.md (Decisions, Synthetic data).
+what weak supervision has to overcome. ``tests/data/test_synth.py`` checks both properties; the measured figures
+are in docs/design.md (Decisions, Synthetic data).
 """
 
 from __future__ import annotations

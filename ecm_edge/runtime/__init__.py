@@ -1,1 +1,1 @@
-"""The torch-free runtime: inference backends, streaming, sources and sinks."""
+"""The torch-free runtime: inference engines, streaming, sources and sinks."""

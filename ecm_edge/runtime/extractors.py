@@ -269,9 +269,9 @@ FARNEBACK_PARAMS = (0.5, 3, 15, 3, 5, 1.2, 0)
 
 @register_extractor("i3d")
 class I3DExtractor:
-    """I3D features from exported networks (see ``ecm_edge.export.backbones``), run by the runtime backends:
-    ONNX Runtime for the ``.onnx`` files, TensorRT for an engine built from them (``backend``: ``auto`` picks by
-    suffix).
+    """I3D features from exported networks (see ``ecm_edge.export.backbones``), run by the runtime's inference
+    engines: ONNX Runtime for the ``.onnx`` files, TensorRT for an engine built from them (``engine``: ``auto``
+    picks by suffix).
 
     ``artifact`` is the RGB network (input ``frames [N, 3, 16, S, S]``, output ``features [N, 1024]``);
     ``flow_artifact``, if given, the flow network (2 input channels), which adds 1024 flow channels computed from
@@ -282,13 +282,13 @@ class I3DExtractor:
     name = "i3d"
 
     def __init__(self, artifact: str | Path | None = None, flow_artifact: str | Path | None = None, *,
-                 backend: str = "auto", batch_size: int = 4, threads: int = 0):
+                 engine: str = "auto", batch_size: int = 4, threads: int = 0):
         if artifact is None:
             raise EcmEdgeError("the i3d extractor needs an exported I3D network: export one with `ecm-edge export "
                                "--backbone i3d --backbone-weights rgb_imagenet.pt` and pass its .onnx file "
                                "(--backbone-artifact); the `tiny` extractor needs no file")
-        self.rgb = BackboneRunner(artifact, expected_channels=3, backend=backend, threads=threads)
-        self.flow = (BackboneRunner(flow_artifact, expected_channels=2, backend=backend, threads=threads)
+        self.rgb = BackboneRunner(artifact, expected_channels=3, engine=engine, threads=threads)
+        self.flow = (BackboneRunner(flow_artifact, expected_channels=2, engine=engine, threads=threads)
                      if flow_artifact is not None else None)
         if self.flow is not None and self.flow.input_shape[2:] != self.rgb.input_shape[2:]:
             raise CheckpointError(f"the flow network {flow_artifact} takes clips {self.flow.input_shape[2:]} but "
@@ -346,26 +346,26 @@ def flow_network_input(frames: np.ndarray) -> np.ndarray:
 
 
 class BackboneRunner:
-    """Runs an exported backbone through the runtime backends (:func:`ecm_edge.runtime.backends.load_backend`,
+    """Runs an exported backbone through the runtime's inference engines (:func:`ecm_edge.runtime.engines.load_engine`,
     which checks the artifact against its manifest first): ``[N, C, F, S, S]`` in, ``[N, D]`` out."""
 
-    def __init__(self, artifact: str | Path, *, expected_channels: int, backend: str = "auto", threads: int = 0):
-        from ecm_edge.runtime.backends import backend_for, load_backend
+    def __init__(self, artifact: str | Path, *, expected_channels: int, engine: str = "auto", threads: int = 0):
+        from ecm_edge.runtime.engines import engine_for, load_engine
 
         path = Path(artifact)
-        options = {"threads": threads} if threads and backend_for(path) == "onnxruntime" else {}
-        self.backend = load_backend(path, backend, **options)
-        (spec,) = self.backend.manifest.inputs
+        options = {"threads": threads} if threads and engine_for(path) == "onnxruntime" else {}
+        self.engine = load_engine(path, engine, **options)
+        (spec,) = self.engine.manifest.inputs
         self.input_shape = tuple(spec.shape)
         if len(self.input_shape) != 5 or self.input_shape[1] != expected_channels or \
                 not all(isinstance(d, int) for d in self.input_shape[1:]):
             raise CheckpointError(f"{path} takes input {list(self.input_shape)}, expected [batch, {expected_channels}, "
                                   f"frames, size, size]; is it the right network (RGB: 3 channels, flow: 2)?")
-        self.output_name = self.backend.output_names[0]
+        self.output_name = self.engine.output_names[0]
         self.path = path
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.backend.infer(batch)[self.output_name]
+        return self.engine.infer(batch)[self.output_name]
 
 
 def measure_snippets_per_second(extractor: FeatureExtractor, frames: np.ndarray, min_seconds: float = 0.5) -> float:

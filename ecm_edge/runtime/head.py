@@ -82,7 +82,7 @@ class StreamingHead(Protocol):
         ...
 
     def close(self) -> None:
-        """Release what the head holds (backend sessions); it is unusable afterwards."""
+        """Release what the head holds (engine sessions); it is unusable afterwards."""
         ...
 
 
@@ -301,7 +301,7 @@ class ColumnHead:
 
 
 class WindowRunner(Protocol):
-    """A backend session exposing the two exported graphs (features ``[1, T, D]`` → CAS ``[1, T', C]``).
+    """An engine session exposing the two exported graphs (features ``[1, T, D]`` → CAS ``[1, T', C]``).
 
     ``last_weights``: the transition weights of the columns the last call returned (None when not available)."""
 
@@ -395,9 +395,9 @@ class FullPassRunner:
         return cas
 
 
-class BackendRunner:
-    """A :class:`WindowRunner` over the two exported graphs, each loaded by an inference backend
-    (``ecm_edge.runtime.backends``: ``infer({"features": [1, T, D]}) -> {"cas": [1, T', C], ...}``); graphs
+class EngineRunner:
+    """A :class:`WindowRunner` over the two exported graphs, each loaded by an inference engine
+    (``ecm_edge.runtime.engines``: ``infer({"features": [1, T, D]}) -> {"cas": [1, T', C], ...}``); graphs
     exported before the ``weights`` output existed leave :attr:`last_weights` None."""
 
     def __init__(self, offline: Any, streaming: Any):
@@ -410,8 +410,8 @@ class BackendRunner:
     def stream_cas(self, window: np.ndarray) -> np.ndarray:
         return self._run(self.streaming, window)
 
-    def _run(self, backend: Any, features: np.ndarray) -> np.ndarray:
-        outputs = backend.infer(features[None])
+    def _run(self, engine: Any, features: np.ndarray) -> np.ndarray:
+        outputs = engine.infer(features[None])
         weights = outputs.get("weights")
         self.last_weights = None if weights is None else np.asarray(weights[0], np.float32)
         return np.asarray(outputs["cas"][0], np.float32)

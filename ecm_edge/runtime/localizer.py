@@ -13,10 +13,10 @@
 ``from_artifacts(DIR)`` accepts both kinds of folder that ecm-edge writes:
 
 - a **deploy folder** (``model.safetensors`` + ``model.json``, what ``ecm-edge train`` leaves in its run folder):
-  run by :class:`~ecm_edge.runtime.head.ColumnHead` in numpy (``backend="numpy"``, the ``auto`` choice), one
-  column of work per snippet; ``backend="torch"`` runs the same weights through torch instead;
+  run by :class:`~ecm_edge.runtime.head.ColumnHead` in numpy (``engine="numpy"``, the ``auto`` choice), one
+  column of work per snippet; ``engine="torch"`` runs the same weights through torch instead;
 - an **export folder** (``ecm.onnx`` + ``ecm.stream.onnx`` with their manifests, from ``ecm-edge export``): the
-  exported graphs run by ONNX Runtime or TensorRT (``backend="onnxruntime"`` / ``"tensorrt"``; ``auto`` picks
+  exported graphs run by ONNX Runtime or TensorRT (``engine="onnxruntime"`` / ``"tensorrt"``; ``auto`` picks
   what the machine has), one 5-snippet window per snippet (:class:`~ecm_edge.runtime.head.WindowHead`).
 
 Class names and the config (thresholds, horizon, the rate ``stream.columns_per_snippet`` at which snippets are
@@ -47,7 +47,7 @@ import numpy as np
 from ecm_edge.config import Config, apply_override, config_from_stored, load_config
 from ecm_edge.deploy_format import META_NAME, WEIGHTS_NAME, is_deploy_folder
 from ecm_edge.errors import CheckpointError, ConfigError, DataError, EcmEdgeError
-from ecm_edge.kernels.sources import missing_weights_message
+from ecm_edge.kernels.score_rows import missing_weights_message
 from ecm_edge.runtime import events as ev
 from ecm_edge.runtime.head import (
     ColumnHead,
@@ -60,17 +60,18 @@ from ecm_edge.runtime.sinks import CallbackSink, EventDispatcher, Sink
 
 log = logging.getLogger("ecm_edge")
 
-BACKENDS = ("auto", "numpy", "onnxruntime", "tensorrt", "torch")
+# What runs the head: numpy (deploy folders, no torch), an inference engine of ecm_edge.runtime.engines, or auto.
+HEAD_ENGINES = ("auto", "numpy", "onnxruntime", "tensorrt", "torch")
 
 
 class Localizer:
     """Streaming ECM: keeps the head, the causal post-processing and the event sinks of one stream."""
 
     def __init__(self, head: StreamingHead, class_names: Sequence[str], config: Config, *,
-                 extractor: Any = None, sinks: Iterable[Sink] = (), backend: str = "custom"):
+                 extractor: Any = None, sinks: Iterable[Sink] = (), engine: str = "custom"):
         if len(class_names) != head.num_classes:
             raise ConfigError(f"{len(class_names)} class names for a head with {head.num_classes} classes")
-        self.head, self.class_names, self.config, self.backend = head, list(class_names), config, backend
+        self.head, self.class_names, self.config, self.engine = head, list(class_names), config, engine
         self.snippet_seconds = config.data.snippet_seconds
         self.resampler = ColumnResampler(columns_per_snippet(config))
         self.post = OnlinePostProcessor(OnlineParams.from_config(config, self.resampler.rate), self.class_names)
@@ -88,30 +89,30 @@ class Localizer:
 
     # -- construction -----------------------------------------------------------------------------------------
     @classmethod
-    def from_artifacts(cls, path: str | Path, backend: str = "auto", *, config: Config | str | Path | None = None,
+    def from_artifacts(cls, path: str | Path, engine: str = "auto", *, config: Config | str | Path | None = None,
                        overrides: Sequence[str] = (), extractor: Any = None,
                        extractor_options: dict[str, Any] | None = None, sinks: Iterable[Sink] = ()) -> Localizer:
-        """Load a deploy or export folder once (see the module doc); ``backend`` is one of :data:`BACKENDS`.
+        """Load a deploy or export folder once (see the module doc); ``engine`` is one of :data:`HEAD_ENGINES`.
 
         ``extractor`` (needed for :meth:`push_frames`): a registry name (``tiny`` is sized to the model; ``i3d``
         takes ``extractor_options={"artifact": "i3d.onnx"}``) or an extractor object.
         """
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if engine not in HEAD_ENGINES:
+            raise ConfigError(f"unknown engine {engine!r}; choose one of {', '.join(HEAD_ENGINES)}")
         folder = Path(path)
         if folder.is_file():
             folder = folder.parent
         if not folder.is_dir():
             raise CheckpointError(f"artifacts folder {folder} does not exist; pass a training run folder "
                                   "(runs/train/NAME) or an export folder (runs/export/NAME)")
-        head, class_names, stored_config, chosen = load_head(folder, backend)
+        head, class_names, stored_config, chosen = load_head(folder, engine)
         cfg = _resolve_config(stored_config, config, overrides, folder)
         _check_feature_dim(cfg, head, folder)
         if extractor is not None:
             extractor = make_extractor(extractor, head.feature_dim, **(extractor_options or {}))
         log.debug("localizer: %s head from %s, %d classes, D = %d", chosen, folder, head.num_classes,
                   head.feature_dim)
-        return cls(head, class_names, cfg, extractor=extractor, sinks=sinks, backend=chosen)
+        return cls(head, class_names, cfg, extractor=extractor, sinks=sinks, engine=chosen)
 
     # -- sinks ------------------------------------------------------------------------------------------------
     def on_event(self, callback: Callable[[ev.Event], Any]) -> Callable[[ev.Event], Any]:
@@ -252,7 +253,7 @@ class Localizer:
         weights = self.head.last_transition_weights()
         if weights is None:
             raise EcmEdgeError(missing_weights_message(self.post.params.score_source,
-                                                       f"the {self.backend} head's artifacts"))
+                                                       f"the {self.engine} head's artifacts"))
         return weights
 
     def _feature_times(self, n: int, start_time: float | None,
@@ -299,57 +300,39 @@ def make_extractor(spec: Any, feature_dim: int, **options: Any) -> Any:
 
 
 # -- loading artifacts ----------------------------------------------------------------------------------------
-def load_head(folder: Path, backend: str) -> tuple[StreamingHead, list[str], dict[str, Any] | None, str]:
-    """The head for ``backend`` from a deploy or export folder: (head, class names, stored config, backend)."""
-    if backend == "numpy" or (backend == "auto" and is_deploy_folder(folder)):
+def load_head(folder: Path, engine: str) -> tuple[StreamingHead, list[str], dict[str, Any] | None, str]:
+    """The head for ``engine`` from a deploy or export folder: (head, class names, stored config, engine)."""
+    if engine == "numpy" or (engine == "auto" and is_deploy_folder(folder)):
         if not is_deploy_folder(folder):
-            raise CheckpointError(f"backend numpy needs deploy weights ({WEIGHTS_NAME} + {META_NAME}) in {folder}; "
-                                  "pass a training run folder or choose --backend onnxruntime for an export folder")
+            raise CheckpointError(f"engine numpy needs deploy weights ({WEIGHTS_NAME} + {META_NAME}) in {folder}; "
+                                  "pass a training run folder or choose --engine onnxruntime for an export folder")
         weights, meta = load_head_weights(folder)
         return ColumnHead(weights), list(meta["class_names"]), meta.get("config"), "numpy"
-    if backend == "torch":
+    if engine == "torch":
         return _torch_head(folder)
-    return _exported_head(folder, backend)
+    return _exported_head(folder, engine)
 
 
 def _torch_head(folder: Path) -> tuple[StreamingHead, list[str], dict[str, Any] | None, str]:
-    """The deploy weights through torch, one 5-snippet window per snippet. It runs under torch's own thread
-    settings; on a small CPU, ``torch.set_num_threads(1)`` keeps torch's spinning workers from starving the
-    event thread (a window is too small to gain from more)."""
-    try:
-        import torch
+    """The deploy weights through torch, one 5-snippet window per snippet: the torch engine's streaming head
+    (``ecm_edge.export.torch_engine.torch_head``), a plugin that lives with the torch code and is found through
+    the engine registry by name, so the runtime never imports training or export."""
+    from ecm_edge.runtime.engines import engine_class
 
-        from ecm_edge.train.deploy import load_deploy
-    except ImportError:
-        from ecm_edge.errors import MissingDependencyError
-
-        raise MissingDependencyError("torch", "backend torch", "install ecm-edge[train], or use --backend numpy "
-                                     "(same weights, no torch)") from None
-    from ecm_edge.runtime.head import FullPassRunner, WindowHead
-
-    deployed = load_deploy(folder)
-    model = deployed.model
-
-    def full_pass(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with torch.inference_mode():
-            cas, _, weights = model.export_forward(torch.from_numpy(np.ascontiguousarray(features))[None], True)
-            return cas[0].numpy(), weights[0].numpy()
-
-    head = WindowHead(FullPassRunner(full_pass), model.dims.feature_dim, model.dims.num_classes)
-    return head, deployed.class_names, deployed.meta.get("config"), "torch"
+    return engine_class("torch").streaming_head(folder)
 
 
-def _exported_head(folder: Path, backend: str) -> tuple[StreamingHead, list[str], dict[str, Any] | None, str]:
+def _exported_head(folder: Path, engine: str) -> tuple[StreamingHead, list[str], dict[str, Any] | None, str]:
     """The offline and streaming graphs of an export folder, same kind and precision, verified and loaded."""
     from ecm_edge.manifest import read_manifest
-    from ecm_edge.runtime.backends import load_backend, select_artifact
-    from ecm_edge.runtime.head import BackendRunner, WindowHead
+    from ecm_edge.runtime.engines import load_engine, select_artifact
+    from ecm_edge.runtime.head import EngineRunner, WindowHead
 
-    kind = {"onnxruntime": "onnx", "tensorrt": "engine"}.get(backend)
+    kind = {"onnxruntime": "onnx", "tensorrt": "engine"}.get(engine)
     offline_path = select_artifact(folder, "offline", kind=kind)
     manifest = read_manifest(offline_path)
     streaming_path = select_artifact(folder, "streaming", precision=manifest.precision, kind=manifest.kind)
-    runner = BackendRunner(load_backend(offline_path, backend), load_backend(streaming_path, backend))
+    runner = EngineRunner(load_engine(offline_path, engine), load_engine(streaming_path, engine))
     head = WindowHead(runner, int(manifest.feature["dim"]), len(manifest.class_names))
     log.debug("exported head: %s + %s on %s", offline_path.name, streaming_path.name, runner.offline.name)
     return head, list(manifest.class_names), _exported_config(manifest, folder), runner.offline.name

@@ -58,7 +58,7 @@ from ecm_edge.kernels.reference import (
     suppresses,
     thresholded,
 )
-from ecm_edge.kernels.sources import check_score_source
+from ecm_edge.kernels.score_rows import check_score_source
 from ecm_edge.runtime import events as ev
 
 log = logging.getLogger("ecm_edge")
@@ -74,7 +74,7 @@ class OnlineParams:
     topk_ratio: float  # r: the video score averages the top int(r · n) of the n columns in the horizon
     warmup: int = 0  # columns seen before the first emission
     emit_open: bool = False
-    score_source: str = "cas"  # "cas" | "weights" | "fused" (ecm_edge.kernels.sources)
+    score_source: str = "cas"  # "cas" | "weights" | "fused" (ecm_edge.kernels.score_rows)
 
     @classmethod
     def from_config(cls, cfg: Config, columns_per_snippet: float = 1.0) -> OnlineParams:

@@ -30,7 +30,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ecm_edge.config import DataConfig, StreamConfig
+from ecm_edge.config import CHOICES, DataConfig, StreamConfig
 from ecm_edge.data.features import open_npy
 from ecm_edge.errors import DataError, EcmEdgeError
 
@@ -38,7 +38,7 @@ logger = logging.getLogger("ecm_edge")
 
 EventCallback = Callable[[dict], None]
 
-POLICIES = ("auto", "latest", "all")
+POLICIES = CHOICES["stream.frame_policy"]  # auto: latest for live sources, all for files
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 _POLL_S = 0.1  # how often blocking waits look at the stop flag, so close() and Ctrl-C are prompt
 

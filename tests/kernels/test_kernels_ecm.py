@@ -1,4 +1,4 @@
-"""``ecm`` mode interpolates as the published code's ``cv2.resize`` does, bit for bit, in every backend.
+"""``ecm`` mode interpolates as the published code's ``cv2.resize`` does, bit for bit, in all kernels.
 
 OpenCV's INTER_LINEAR on a one-row float32 image (``modules/imgproc/src/resize.cpp``): source step
 ``1 / (N / T)`` in float64, position ``float32((j + 0.5) · step − 0.5)``, float32 weights and a float32 sum
@@ -19,9 +19,9 @@ from ecm_edge.config import load_config
 from ecm_edge.environment import cuda_gpu_visible, cuda_simulator_enabled
 from ecm_edge.kernels import PostParams, compare_detections
 from ecm_edge.kernels.reference import interpolate, interpolate_row, normalize_rows, opencv_scale
-from ecm_edge.postprocess import available_backends, localize_batch
+from ecm_edge.postprocess import available_kernels, localize_batch
 
-BACKENDS = ["numpy", "cpu", "cuda"]
+KERNELS = ["numpy", "cpu", "cuda"]
 ECM = PostParams(mode="ecm")
 
 # (T, N) where some interpolation position floors differently in float32 and float64 (found by search):
@@ -37,9 +37,9 @@ CASES = FLOOR_DIFFERS + EDGES + RANDOM
 pytestmark = pytest.mark.usefixtures("fast_cuda_simulator")
 
 
-def need(backend: str) -> None:
-    if backend not in available_backends():
-        pytest.skip(f"backend {backend!r} unavailable here (cuda needs a GPU or NUMBA_ENABLE_CUDASIM=1)")
+def need(kernels: str) -> None:
+    if kernels not in available_kernels():
+        pytest.skip(f"kernels {kernels!r} unavailable here (cuda needs a GPU or NUMBA_ENABLE_CUDASIM=1)")
 
 
 def cv2_upsample(row32: np.ndarray, frames: int) -> np.ndarray:
@@ -52,12 +52,12 @@ def positive_cas(length: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0.5, 3.0, length)
 
 
-def upsampled(backend: str, cas_row: np.ndarray, frames: int) -> np.ndarray:
-    """The ``ecm`` mode's interpolated row of one CAS row, as ``backend`` computes it (float64)."""
+def upsampled(kernels: str, cas_row: np.ndarray, frames: int) -> np.ndarray:
+    """The ``ecm`` mode's interpolated row of one CAS row, as ``kernels`` compute it (float64)."""
     normalized = normalize_rows(cas_row[None])[0]
-    if backend == "numpy":
+    if kernels == "numpy":
         return interpolate(normalized, frames, ECM)
-    if backend == "cpu":
+    if kernels == "cpu":
         from ecm_edge.kernels import cpu
 
         row = normalized.astype(np.float32).astype(np.float64)  # what localize_cpu interpolates in ecm mode
@@ -88,20 +88,20 @@ def cuda_upsampled(cas_row: np.ndarray, frames: int) -> np.ndarray:
     return prefix.copy_to_host()[1:]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_ecm_interpolation_is_cv2_resize_bit_for_bit(backend):
-    need(backend)
-    simulated = backend == "cuda" and cuda_simulator_enabled()
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_ecm_interpolation_is_cv2_resize_bit_for_bit(kernels):
+    need(kernels)
+    simulated = kernels == "cuda" and cuda_simulator_enabled()
     for index, (length, frames) in enumerate(CASES):
         if simulated and frames > 3000:
             continue  # a Python thread per CUDA thread: the long rows run on a GPU (the gpu test below)
-        assert_upsampled_like_cv2(backend, length, frames, seed=index)
+        assert_upsampled_like_cv2(kernels, length, frames, seed=index)
 
 
-def assert_upsampled_like_cv2(backend: str, length: int, frames: int, seed: int) -> None:
+def assert_upsampled_like_cv2(kernels: str, length: int, frames: int, seed: int) -> None:
     cas_row = positive_cas(length, seed).astype(np.float32).astype(np.float64)
     expected = cv2_upsample(normalize_rows(cas_row[None])[0].astype(np.float32), frames)
-    found = upsampled(backend, cas_row, frames)
+    found = upsampled(kernels, cas_row, frames)
     assert found.dtype == np.float64 and np.array_equal(found.astype(np.float32), found), (length, frames)
     assert found.astype(np.float32).tobytes() == expected.tobytes(), (length, frames)
 
@@ -137,13 +137,13 @@ def test_ecm_and_clean_interpolation_differ_where_positions_floor_differently(le
     assert cv2_upsample(row.astype(np.float32), frames)[frame] == np.float32(0.5)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize(("length", "frames", "frame", "k"), FLOOR_FRAMES)
-def test_ecm_detections_are_those_of_a_pipeline_calling_cv2_resize(backend, length, frames, frame, k):
-    """The run at θ = 0.5 starts at that frame in ecm mode, a frame later in clean mode: each backend follows
+def test_ecm_detections_are_those_of_a_pipeline_calling_cv2_resize(kernels, length, frames, frame, k):
+    """The run at θ = 0.5 starts at that frame in ecm mode, a frame later in clean mode: all kernels follow
     the cv2.resize pipeline in ecm mode and the float64 contract in clean mode."""
-    need(backend)
-    if backend == "cuda" and cuda_simulator_enabled() and frames > 1000:
+    need(kernels)
+    if kernels == "cuda" and cuda_simulator_enabled() and frames > 1000:
         pytest.skip("too many frames for the CUDA simulator (the gpu tests below run the benchmark set)")
     cas, scores, fps = floor_case(length, k), np.array([[0.9, 0.6]]), 30.0
     params = {mode: PostParams(mode=mode, act_thresholds=[0.25, 0.5]) for mode in ("ecm", "clean")}
@@ -151,7 +151,7 @@ def test_ecm_detections_are_those_of_a_pipeline_calling_cv2_resize(backend, leng
                 for mode in params}
     assert frame / fps in expected["ecm"]["start"] and frame / fps not in expected["clean"]["start"]
     for mode in ("ecm", "clean"):
-        found = localize_batch(cas, scores, num_frames=frames, fps=fps, params=params[mode], backend=backend)
+        found = localize_batch(cas, scores, num_frames=frames, fps=fps, params=params[mode], kernels=kernels)
         assert compare_detections(found, expected[mode]) is None, (mode, compare_detections(found, expected[mode]))
 
 
@@ -167,13 +167,13 @@ def thumos_like():
     return inputs, params, expected
 
 
-@pytest.mark.parametrize("backend", ["numpy", "cpu"])
-def test_ecm_gives_the_cv2_pipelines_detections_on_every_benchmark_video(backend, thumos_like):
+@pytest.mark.parametrize("kernels", ["numpy", "cpu"])
+def test_ecm_gives_the_cv2_pipelines_detections_on_every_benchmark_video(kernels, thumos_like):
     """All 210 THUMOS14-like videos of ``ecm-edge bench postprocess``, against the oracle that calls cv2.resize."""
     inputs, params, expected = thumos_like
     assert inputs.num_videos == 210 and len(expected) > 10_000
     found = localize_batch(inputs.cas, inputs.video_scores, num_frames=inputs.num_frames, fps=inputs.fps,
-                           params=params, backend=backend)
+                           params=params, kernels=kernels)
     assert compare_detections(found, expected) is None, compare_detections(found, expected)
 
 
@@ -186,19 +186,19 @@ def test_ecm_cuda_gives_the_cv2_pipelines_detections_on_benchmark_videos(thumos_
     timing = {"num_frames": inputs.num_frames[videos], "fps": inputs.fps[videos], "params": params}
     expected = oracle_detections(rows, scores, **timing)
     assert len(expected) > 0
-    found = localize_batch(rows, scores, backend="cuda", **timing)
+    found = localize_batch(rows, scores, kernels="cuda", **timing)
     assert compare_detections(found, expected) is None, compare_detections(found, expected)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_ecm_saturates_normalized_values_beyond_float32(backend):
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_ecm_saturates_normalized_values_beyond_float32(kernels):
     """A relu(max) of 1e-300 stretches the negative snippets to −1e300, beyond float32: the ecm row saturates at
-    −float32 max (an infinity would make NaN next to a zero weight), and every backend agrees with the oracle."""
-    need(backend)
+    −float32 max (an infinity would make NaN next to a zero weight), and all kernels agree with the oracle."""
+    need(kernels)
     cas = np.array([[[-1.0, 1e-300, 1e-300, -1.0, 0.5e-300, -2.0]]])
     params = PostParams(mode="ecm", class_threshold=0.0)
     expected = oracle_detections(cas, [[0.5]], num_frames=23, fps=10.0, params=params)
-    found = localize_batch(cas, [[0.5]], num_frames=23, fps=10.0, params=params, backend=backend)
+    found = localize_batch(cas, [[0.5]], num_frames=23, fps=10.0, params=params, kernels=kernels)
     assert len(expected) > 0 and np.isfinite(found["score"]).all()
     assert compare_detections(found, expected) is None, compare_detections(found, expected)
 
@@ -223,5 +223,5 @@ def test_ecm_cuda_interpolation_is_cv2_resize_bit_for_bit_on_a_gpu():
 def test_ecm_cuda_gives_the_cv2_pipelines_detections_on_every_benchmark_video_on_a_gpu(thumos_like):
     inputs, params, expected = thumos_like
     found = localize_batch(inputs.cas, inputs.video_scores, num_frames=inputs.num_frames, fps=inputs.fps,
-                           params=params, backend="cuda")
+                           params=params, kernels="cuda")
     assert compare_detections(found, expected) is None, compare_detections(found, expected)

@@ -1,4 +1,4 @@
-"""The CUDA post-processing backend on a real GPU (``pytest -m gpu``; scripts/gpu_check.sh runs these).
+"""The CUDA post-processing kernels on a real GPU (``pytest -m gpu``; scripts/gpu_check.sh runs these).
 
 Larger inputs than the simulator can take, device arrays in (numba and torch, strided views too), foreign
 streams, the 3-hour video, and the host NMS fallback for a class with very many proposals.
@@ -30,8 +30,8 @@ def both(cas, scores, **kwargs) -> tuple[np.ndarray, np.ndarray]:
     kwargs.setdefault("params", PARAMS["ecm"])
     kwargs.setdefault("fps", 30.0)
     device_cas = kwargs.pop("device_cas", cas)
-    expected = localize_batch(cas, scores, backend="numpy", **kwargs)
-    return localize_batch(device_cas, scores, backend="cuda", **kwargs), expected
+    expected = localize_batch(cas, scores, kernels="numpy", **kwargs)
+    return localize_batch(device_cas, scores, kernels="cuda", **kwargs), expected
 
 
 @pytest.mark.parametrize("mode", ["ecm", "clean"])
@@ -95,11 +95,11 @@ def test_numba_device_arrays_on_a_numba_stream_and_a_raw_handle():
     assert compare_detections(found, expected) is None
     raw_handle = int(getattr(stream.handle, "value", stream.handle))
     again = localize_batch(device_cas, cuda.to_device(scores), num_frames=2500, fps=30.0, params=PARAMS["ecm"],
-                           backend="cuda", stream=raw_handle)
+                           kernels="cuda", stream=raw_handle)
     assert compare_detections(again, expected) is None
-    one = localize(device_cas[3], scores[3], num_frames=2500, fps=30.0, params=PARAMS["ecm"], backend="cuda",
+    one = localize(device_cas[3], scores[3], num_frames=2500, fps=30.0, params=PARAMS["ecm"], kernels="cuda",
                    stream=stream)
-    reference = localize(cas[3], scores[3], num_frames=2500, fps=30.0, params=PARAMS["ecm"], backend="numpy")
+    reference = localize(cas[3], scores[3], num_frames=2500, fps=30.0, params=PARAMS["ecm"], kernels="numpy")
     assert compare_detections(one, reference) is None
 
 
@@ -125,13 +125,13 @@ def test_non_finite_device_input_is_caught_on_the_device():
     cas[3, 1, 7] = np.inf
     with pytest.raises(EcmEdgeError, match=r"video 3 .*class 1"):
         localize_batch(cuda.to_device(cas), np.full((4, 3), 0.5), num_frames=500, fps=30.0,
-                       params=PARAMS["ecm"], backend="cuda")
+                       params=PARAMS["ecm"], kernels="cuda")
 
 
 def test_a_class_with_very_many_proposals_gets_its_nms_on_the_host(monkeypatch):
-    import ecm_edge.kernels.cuda as cuda_backend
+    import ecm_edge.kernels.cuda as cuda_module
 
-    monkeypatch.setattr(cuda_backend, "MAX_DEVICE_NMS", 50)
+    monkeypatch.setattr(cuda_module, "MAX_DEVICE_NMS", 50)
     rng = np.random.default_rng(8)
     cas = rng.normal(0.0, 1.0, (3, 2, 400)).astype(np.float32)  # noise: hundreds of runs per class
     found, expected = both(cas, np.full((3, 2), 0.5), num_frames=1200)
@@ -139,9 +139,9 @@ def test_a_class_with_very_many_proposals_gets_its_nms_on_the_host(monkeypatch):
 
 
 def test_many_videos_run_in_frame_budget_groups(monkeypatch):
-    import ecm_edge.kernels.cuda as cuda_backend
+    import ecm_edge.kernels.cuda as cuda_module
 
-    monkeypatch.setattr(cuda_backend, "FRAME_BUDGET", 5000)
+    monkeypatch.setattr(cuda_module, "FRAME_BUDGET", 5000)
     rng = np.random.default_rng(6)
     cas = rng.normal(-0.5, 1.0, (30, 4, 200)).astype(np.float32)
     found, expected = both(cas, rng.uniform(0.2, 0.8, (30, 4)), num_frames=rng.integers(500, 4000, 30))

@@ -56,6 +56,6 @@ def test_foreign_streams_are_wrapped_and_numba_streams_kept():
 
 
 def test_the_runtime_uses_the_kernels_adapter():
-    from ecm_edge.runtime.backends import cuda_buffers
+    from ecm_edge.runtime.engines import cuda_buffers
 
     assert cuda_buffers.stream_handle is stream_handle

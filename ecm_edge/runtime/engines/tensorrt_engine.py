@@ -1,9 +1,9 @@
-"""TensorRT backend: a ``<stem>.<precision>.engine`` through the name-based API of TensorRT 10/11.
+"""TensorRT engine: a ``<stem>.<precision>.engine`` through the name-based API of TensorRT 10/11.
 
 ``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3`` only (the binding-index API is gone in 10.x).
 Buffers are numba-cuda device arrays; the engine runs on one CUDA stream — the caller's (numba, cuda-python or a
 raw handle) or one of its own — so the CUDA post-processing can read the ``cas`` buffer on the same stream
-without a host copy. :meth:`TensorRTBackend.infer_device` returns as soon as the work is queued; synchronize the
+without a host copy. :meth:`TensorRTEngine.infer_device` returns as soon as the work is queued; synchronize the
 stream (or launch the next kernel on it) before reading the outputs. The engine is deserialized only after its
 manifest check passed: same sha256, same TensorRT version, same GPU compute capability.
 """
@@ -19,8 +19,8 @@ import numpy as np
 
 from ecm_edge.errors import CheckpointError, DataError, EcmEdgeError, MissingDependencyError
 from ecm_edge.manifest import Manifest, verify_artifact
-from ecm_edge.runtime.backends import BackendBase
-from ecm_edge.runtime.backends import cuda_buffers as cb
+from ecm_edge.runtime.engines import EngineBase
+from ecm_edge.runtime.engines import cuda_buffers as cb
 
 log = logging.getLogger("ecm_edge")
 
@@ -31,11 +31,11 @@ def import_tensorrt() -> Any:
     except ImportError:
         raise MissingDependencyError("TensorRT", "running engines",
                                      "install TensorRT 10 or 11 (JetPack on a Jetson, `pip install tensorrt` on a "
-                                     "server), or run the ONNX artifact with the onnxruntime backend") from None
+                                     "server), or run the ONNX artifact with the onnxruntime engine") from None
     return tensorrt
 
 
-class TensorRTBackend(BackendBase):
+class TensorRTEngine(EngineBase):
     name: ClassVar[str] = "tensorrt"
     supports_device_buffers = True
 
@@ -53,7 +53,7 @@ class TensorRTBackend(BackendBase):
 
     @classmethod
     def load(cls, artifact: Path, precision: str | None = None, graph: str | None = None,
-             stream: Any = None) -> TensorRTBackend:
+             stream: Any = None) -> TensorRTEngine:
         manifest = verify_artifact(artifact, precision=precision, kind="engine", graph=graph)
         trt = import_tensorrt()
         cb.require_numba_cuda()
@@ -94,7 +94,7 @@ class TensorRTBackend(BackendBase):
 
     def infer_device(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any] | None = None,
                      stream: Any = None) -> dict[str, Any]:
-        """Queue one run on ``stream`` (default: the backend's); outputs are allocated when not given."""
+        """Queue one run on ``stream`` (default: the engine's); outputs are allocated when not given."""
         run_stream = self.stream if stream is None else cb.numba_stream(stream)
         shapes = self.set_shapes({name: cb.device_shape(a) for name, a in inputs.items()})
         outputs = dict(outputs or {})

@@ -7,8 +7,8 @@ import pytest
 
 from ecm_edge.errors import CheckpointError, DataError
 from ecm_edge.runtime.head import (
-    BackendRunner,
     ColumnHead,
+    EngineRunner,
     FullPassRunner,
     HeadWeights,
     WindowHead,
@@ -51,15 +51,15 @@ def onnx_runner(weights, torch_model, tmp_path_factory):
     pytest.importorskip("onnx")
     from ecm_edge.config import load_config
     from ecm_edge.export.pipeline import ExportRequest, run_export
-    from ecm_edge.runtime.backends import load_backend
+    from ecm_edge.runtime.engines import load_engine
     from ecm_edge.train.deploy import save_deploy
 
     cfg = load_config("small", [f"data.feature_dim={D}", f"model.hidden_dim={H}", f"model.num_classes={C}"])
     run_dir, out = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("export")
     save_deploy(torch_model, [f"class{i}" for i in range(C)], cfg, run_dir)
     run_export(ExportRequest(checkpoint=run_dir, out_dir=out, precision="fp32", engine=False))
-    return BackendRunner(load_backend(out / "ecm.onnx", "onnxruntime"),
-                         load_backend(out / "ecm.stream.onnx", "onnxruntime"))
+    return EngineRunner(load_engine(out / "ecm.onnx", "onnxruntime"),
+                        load_engine(out / "ecm.stream.onnx", "onnxruntime"))
 
 
 HEADS = ["column", "window-numpy", "window-onnxruntime"]

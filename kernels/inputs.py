@@ -1,8 +1,8 @@
-"""Input checks shared by every backend: one padded batch, or a clear error naming the video and the value.
+"""Input checks shared by all post-processing kernels: one padded batch, or a clear error naming the video and the value.
 
-Every backend receives a :class:`VideoBatch`: the CAS padded to ``[N, C, Tmax]`` with per-video lengths, the
+Every kernel receives a :class:`VideoBatch`: the CAS padded to ``[N, C, Tmax]`` with per-video lengths, the
 video scores on the host, and per-video frame counts and time bases. The CAS may stay on a CUDA device (any
-object with ``__cuda_array_interface__``); only the CUDA backend accepts that, and it checks such a CAS for
+object with ``__cuda_array_interface__``); only the CUDA kernels accept that, and it checks such a CAS for
 NaN/Inf on the device.
 """
 
@@ -69,8 +69,8 @@ def prepare_batch(cas: Any, video_scores: Any, *, num_frames: Any, fps: Any = No
     ids = tuple(str(v) for v in video_ids) if video_ids is not None else None
     if is_device_array(cas):
         if not allow_device:
-            raise EcmEdgeError("the CAS is a CUDA device array, which only backend='cuda' reads; "
-                               "copy it to the host first or use backend='cuda'")
+            raise EcmEdgeError("the CAS is a CUDA device array, which only kernels='cuda' reads; "
+                               "copy it to the host first or use kernels='cuda'")
         padded, shape, on_device = cas, _device_shape(cas), True
     else:
         padded, default_lengths = _host_cas(cas)

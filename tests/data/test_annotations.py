@@ -18,7 +18,7 @@ from ecm_edge.data.annotations import (
 )
 from ecm_edge.errors import DataError
 
-THUMOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "thumos14"
+THUMOS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "thumos14"
 # The two test videos the W-TALC arrays hold and gt.json lacks (their annotations run past the video's end).
 ONLY_IN_REDUCED = {"video_test_0000270", "video_test_0001496"}
 

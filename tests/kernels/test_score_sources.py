@@ -1,6 +1,6 @@
-"""post.score_source: the CAS, the transition weights W, or both fused, through every post-processing backend.
+"""post.score_source: the CAS, the transition weights W, or both fused, through all post-processing kernels.
 
-The selection happens once, before the kernels (``ecm_edge.kernels.sources``), so each backend must give the
+The selection happens once, before the kernels (``ecm_edge.kernels.score_rows``), so each must give the
 numpy reference's detections on the rows the test computes by hand; a model exported before the ``weights``
 output existed still loads and runs with ``cas``, and says to re-export when ``weights`` or ``fused`` is asked.
 """
@@ -13,10 +13,10 @@ import pytest
 from ecm_edge.config import load_config
 from ecm_edge.errors import EcmEdgeError
 from ecm_edge.kernels import PostParams, compare_detections
+from ecm_edge.kernels.inputs import prepare_batch
 from ecm_edge.kernels.reference import localize_reference
-from ecm_edge.kernels.sources import SCORE_SOURCES, fuse_rows, normalize_rows, score_rows
-from ecm_edge.kernels.validate import prepare_batch
-from ecm_edge.postprocess import available_backends, localize_batch
+from ecm_edge.kernels.score_rows import SCORE_SOURCES, fuse_rows, normalize_rows, score_rows
+from ecm_edge.postprocess import available_kernels, localize_batch
 
 PARAMS = PostParams(mode="ecm", class_threshold=0.0)
 N, C, T_MAX = 3, 4, 40
@@ -91,15 +91,15 @@ def test_padding_stays_out_of_the_fused_normalization():
                                atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "cpu", "cuda"])
+@pytest.mark.parametrize("kernels", ["numpy", "cpu", "cuda"])
 @pytest.mark.parametrize("source", SCORE_SOURCES)
-def test_every_backend_gives_the_reference_detections_for_every_source(backend, source):
-    if backend not in available_backends():
-        pytest.skip(f"backend {backend!r} unavailable here (cuda needs a GPU or NUMBA_ENABLE_CUDASIM=1)")
+def test_all_kernels_give_the_reference_detections_for_every_source(kernels, source):
+    if kernels not in available_kernels():
+        pytest.skip(f"kernels {kernels!r} unavailable here (cuda needs a GPU or NUMBA_ENABLE_CUDASIM=1)")
     data = batch()
     expected = reference_detections(rows_by_hand(data, source), data["scores"])
     found = localize_batch(data["cas"], data["scores"], weights=data["weights"], score_source=source,
-                           lengths=LENGTHS, num_frames=FRAMES, fps=25.0, params=PARAMS, backend=backend)
+                           lengths=LENGTHS, num_frames=FRAMES, fps=25.0, params=PARAMS, kernels=kernels)
     assert len(expected) > 0
     assert compare_detections(found, expected) is None, compare_detections(found, expected)
 
@@ -116,7 +116,7 @@ def test_asking_weights_of_outputs_without_them_says_to_re_export(source):
     data = batch()
     with pytest.raises(EcmEdgeError, match="re-export") as error:
         localize_batch(data["cas"], data["scores"], score_source=source, lengths=LENGTHS, num_frames=FRAMES,
-                       fps=25.0, params=PARAMS, backend="numpy", source_name="old.npz")
+                       fps=25.0, params=PARAMS, kernels="numpy", source_name="old.npz")
     assert f"post.score_source={source}" in str(error.value) and "old.npz" in str(error.value)
 
 
@@ -160,11 +160,11 @@ def exports(tmp_path_factory):
     return root
 
 
-def stream_events(folder, backend: str, source: str, features: np.ndarray) -> list[dict]:
+def stream_events(folder, engine: str, source: str, features: np.ndarray) -> list[dict]:
     from ecm_edge.runtime.localizer import Localizer
 
     overrides = ("post.class_threshold=0.0", "stream.horizon=64", f"post.score_source={source}")
-    with Localizer.from_artifacts(folder, backend, overrides=overrides) as localizer:
+    with Localizer.from_artifacts(folder, engine, overrides=overrides) as localizer:
         events = []
         for at in range(0, len(features), 7):
             events += localizer.push_features(features[at:at + 7])
@@ -194,9 +194,9 @@ def test_stream_sources_agree_between_numpy_and_the_exported_graphs(exports, str
 
 
 def test_an_old_export_loads_runs_cas_and_refuses_weights(exports, stream_features):
-    from ecm_edge.runtime.backends import load_backend
+    from ecm_edge.runtime.engines import load_engine
 
-    with load_backend(exports / "old" / "ecm.onnx") as runner:
+    with load_engine(exports / "old" / "ecm.onnx") as runner:
         assert set(runner.infer(stream_features[None])) == {"cas", "video_scores"}
     old = stream_events(exports / "old", "onnxruntime", "cas", stream_features)
     new = stream_events(exports / "new", "onnxruntime", "cas", stream_features)

@@ -1,14 +1,14 @@
-"""Inference backends for the exported ECM head, behind one protocol (no torch import here).
+"""Inference engines for the exported ECM head, behind one protocol (no torch import here).
 
 ========================  ==================================  =======================================================
-backend                   artifact                            needs
+engine                    artifact                            needs
 ========================  ==================================  =======================================================
 ``onnxruntime``           ``<stem>[.fp16|.int8].onnx``        onnxruntime (CPU; the CUDA provider when installed)
 ``tensorrt``              ``<stem>.<precision>.engine``       TensorRT 10/11, a GPU, numba-cuda (device buffers)
-``torch``                 deploy weights (``model.safetensors``)  torch (imported on first use only)
+``torch``                 deploy weights (``model.safetensors``)  torch (a plugin in ``ecm_edge.export.torch_engine``)
 ========================  ==================================  =======================================================
 
-Every backend loads an artifact only after :func:`ecm_edge.manifest.verify_artifact` accepted it (hash, precision,
+Every engine loads an artifact only after :func:`ecm_edge.manifest.verify_artifact` accepted it (hash, precision,
 versions), then offers:
 
 - ``set_shapes({"features": (B, T, D)}) -> {output: shape}``: fix the input shape (TensorRT needs it before a run;
@@ -17,7 +17,7 @@ versions), then offers:
 - ``infer_device(inputs, outputs=None, stream=None)``: device buffers (numba-cuda device arrays or anything with
   ``__cuda_array_interface__``) in and out, on the caller's CUDA stream, where ``supports_device_buffers`` is true.
 
-The backend of an artifact is found by its suffix (``auto``) or named; :func:`select_artifact` picks one file from
+The engine of an artifact is found by its suffix (``auto``) or named; :func:`select_artifact` picks one file from
 an export folder by graph and precision.
 """
 
@@ -37,18 +37,21 @@ from ecm_edge.manifest import Manifest, read_manifest
 
 log = logging.getLogger("ecm_edge")
 
-# name -> (module, class). Add a backend by adding a line here.
-BACKENDS: dict[str, tuple[str, str]] = {
-    "onnxruntime": ("ecm_edge.runtime.backends.onnxruntime_backend", "OnnxRuntimeBackend"),
-    "tensorrt": ("ecm_edge.runtime.backends.tensorrt_backend", "TensorRTBackend"),
-    "torch": ("ecm_edge.runtime.backends.torch_backend", "TorchBackend"),
+# name -> (module, class), imported by engine_class on first use. Add an engine by adding a line here.
+# The torch engine is a plugin that lives with the torch code (ecm_edge.export.torch_engine, above the runtime
+# layer, docs/design.md §2 and §6): the runtime names it by module path only and never imports it statically, so
+# it is loaded (and torch with it) only when "torch" is asked for.
+ENGINES: dict[str, tuple[str, str]] = {
+    "onnxruntime": ("ecm_edge.runtime.engines.onnxruntime_engine", "OnnxRuntimeEngine"),
+    "tensorrt": ("ecm_edge.runtime.engines.tensorrt_engine", "TensorRTEngine"),
+    "torch": ("ecm_edge.export.torch_engine", "TorchEngine"),
 }
-SUFFIX_BACKEND = {".onnx": "onnxruntime", ".engine": "tensorrt", ".safetensors": "torch"}
+SUFFIX_ENGINE = {".onnx": "onnxruntime", ".engine": "tensorrt", ".safetensors": "torch"}
 
 
 @runtime_checkable
-class Backend(Protocol):
-    """What the runtime needs from an inference backend."""
+class Engine(Protocol):
+    """What the runtime needs from an inference engine."""
 
     name: ClassVar[str]
     manifest: Manifest
@@ -70,8 +73,8 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-class BackendBase:
-    """Shape bookkeeping shared by the backends: everything the manifest already says."""
+class EngineBase:
+    """Shape bookkeeping shared by the engines: everything the manifest already says."""
 
     name: ClassVar[str] = "base"
     supports_device_buffers: bool = False
@@ -147,47 +150,48 @@ class BackendBase:
 
     def infer_device(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any] | None = None,
                      stream: Any = None) -> dict[str, Any]:
-        raise EcmEdgeError(f"the {self.name} backend runs on host arrays only here; call infer() with numpy arrays")
+        raise EcmEdgeError(f"the {self.name} engine runs on host arrays only here; call infer() with numpy arrays")
 
     def close(self) -> None:
         """Release sessions and buffers (the object is unusable afterwards)."""
 
-    def __enter__(self) -> BackendBase:
+    def __enter__(self) -> EngineBase:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def backend_for(artifact: str | Path) -> str:
-    """The backend that runs ``artifact``, from its suffix (a folder means deploy weights → torch)."""
+def engine_for(artifact: str | Path) -> str:
+    """The engine that runs ``artifact``, from its suffix (a folder means deploy weights → torch)."""
     path = Path(artifact)
-    if path.is_dir() or path.suffix in SUFFIX_BACKEND:
-        return SUFFIX_BACKEND.get(path.suffix, "torch")
-    raise CheckpointError(f"cannot tell which backend runs {path} (suffix {path.suffix or 'none'}); expected "
-                          f"{', '.join(SUFFIX_BACKEND)} or a deploy folder")
+    if path.is_dir() or path.suffix in SUFFIX_ENGINE:
+        return SUFFIX_ENGINE.get(path.suffix, "torch")
+    raise CheckpointError(f"cannot tell which engine runs {path} (suffix {path.suffix or 'none'}); expected "
+                          f"{', '.join(SUFFIX_ENGINE)} or a deploy folder")
 
 
-def backend_class(name: str) -> type[BackendBase]:
-    if name not in BACKENDS:
-        raise EcmEdgeError(f"unknown backend {name!r}; choose from auto, {', '.join(BACKENDS)}")
-    module, attr = BACKENDS[name]
+def engine_class(name: str) -> type[EngineBase]:
+    """The class of engine ``name``, its module imported now (the torch plugin's too: see :data:`ENGINES`)."""
+    if name not in ENGINES:
+        raise EcmEdgeError(f"unknown engine {name!r}; choose from auto, {', '.join(ENGINES)}")
+    module, attr = ENGINES[name]
     return getattr(importlib.import_module(module), attr)
 
 
-def load_backend(artifact: str | Path, backend: str = "auto", **options: Any) -> BackendBase:
-    """Verify ``artifact`` against its manifest and load it with ``backend`` (``auto``: by suffix).
+def load_engine(artifact: str | Path, engine: str = "auto", **options: Any) -> EngineBase:
+    """Verify ``artifact`` against its manifest and load it with ``engine`` (``auto``: by suffix).
 
-    ``options`` go to the backend (``precision=`` to insist on one, ``threads=``, ``providers=`` for
+    ``options`` go to the engine (``precision=`` to insist on one, ``threads=``, ``providers=`` for
     onnxruntime; ``stream=`` for tensorrt; ``graph=``/``device=`` for torch).
     """
-    natural = backend_for(artifact)
-    wanted = natural if backend == "auto" else backend
-    backend_class(wanted)  # an unknown name is an error of its own
+    natural = engine_for(artifact)
+    wanted = natural if engine == "auto" else engine
+    engine_class(wanted)  # an unknown name is an error of its own
     if wanted != natural:
-        raise EcmEdgeError(f"the {wanted} backend cannot run {artifact} (that file is for {natural}); pass the "
-                           f"matching artifact from the export folder or --backend {natural}")
-    return backend_class(wanted).load(Path(artifact), **options)
+        raise EcmEdgeError(f"the {wanted} engine cannot run {artifact} (that file is for {natural}); pass the "
+                           f"matching artifact from the export folder or --engine {natural}")
+    return engine_class(wanted).load(Path(artifact), **options)
 
 
 def list_artifacts(folder: str | Path) -> list[Manifest]:
@@ -228,5 +232,5 @@ def _tensorrt_importable() -> bool:
     return importlib.util.find_spec("tensorrt") is not None
 
 
-__all__ = ["BACKENDS", "Backend", "BackendBase", "backend_class", "backend_for", "list_artifacts", "load_backend",
+__all__ = ["ENGINES", "Engine", "EngineBase", "engine_class", "engine_for", "list_artifacts", "load_engine",
            "select_artifact"]

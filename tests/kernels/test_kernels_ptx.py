@@ -17,7 +17,7 @@ import pytest
 
 CAPABILITIES = [(7, 5), (8, 7), (9, 0)]
 NO_NVVM = 77  # exit code of the script when numba-cuda's NVVM library is missing
-# Every kernel of the backend, listed here so that a renamed or added kernel fails a test instead of dropping out.
+# Every kernel of ecm_edge.kernels.cuda, listed here so that a renamed or added kernel fails a test instead of dropping out.
 KERNELS = ("row_stats", "interpolate", "prefix_scan", "count_runs", "find_runs", "score_runs", "nms_order",
            "nms_mask", "nms_sweep", "gather")
 RUN_DECIDING = ("interpolate", "score_runs", "nms_mask")  # kernels whose products decide runs and NMS

@@ -1,7 +1,7 @@
-"""ONNX Runtime backend: any exported ``.onnx`` (FP32, FP16, INT8) on the CPU, or on the GPU with onnxruntime-gpu.
+"""ONNX Runtime engine: any exported ``.onnx`` (FP32, FP16, INT8) on the CPU, or on the GPU with onnxruntime-gpu.
 
 Providers: ``auto`` takes the CUDA provider when this onnxruntime build has it, else the CPU. With the CUDA
-provider, :meth:`OnnxRuntimeBackend.infer_device` binds device buffers directly (I/O binding on their device
+provider, :meth:`OnnxRuntimeEngine.infer_device` binds device buffers directly (I/O binding on their device
 pointers), and a ``stream`` given at load becomes the provider's compute stream, so ONNX Runtime and the CUDA
 post-processing share it.
 """
@@ -17,8 +17,8 @@ import numpy as np
 
 from ecm_edge.errors import EcmEdgeError, MissingDependencyError
 from ecm_edge.manifest import Manifest, verify_artifact
-from ecm_edge.runtime.backends import BackendBase
-from ecm_edge.runtime.backends import cuda_buffers as cb
+from ecm_edge.runtime.engines import EngineBase
+from ecm_edge.runtime.engines import cuda_buffers as cb
 
 log = logging.getLogger("ecm_edge")
 
@@ -52,7 +52,7 @@ def choose_providers(available: list[str], providers: str | list[str] = "auto") 
     raise EcmEdgeError(f"providers must be auto, cpu, cuda or a list, got {providers!r}")
 
 
-class OnnxRuntimeBackend(BackendBase):
+class OnnxRuntimeEngine(EngineBase):
     name: ClassVar[str] = "onnxruntime"
 
     def __init__(self, artifact: Path, manifest: Manifest, session: Any, stream: Any = None):
@@ -65,7 +65,7 @@ class OnnxRuntimeBackend(BackendBase):
     @classmethod
     def load(cls, artifact: Path, precision: str | None = None, graph: str | None = None,
              providers: str | list[str] = "auto", threads: int = 0, device_id: int = 0,
-             stream: Any = None) -> OnnxRuntimeBackend:
+             stream: Any = None) -> OnnxRuntimeEngine:
         """Verify ``artifact`` and open an inference session (``threads`` 0: onnxruntime's default)."""
         manifest = verify_artifact(artifact, precision=precision, kind="onnx", graph=graph)
         ort = import_onnxruntime()

@@ -2,7 +2,7 @@
 
 ECM's weight-transition head turns the CAS into per-class foreground weights ``W = sigmoid(conv1x1(CAS))``; other
 WTAL methods threshold such an attention/actionness signal instead of the CAS. :func:`score_rows` makes the
-choice once, on the host, before any kernel runs, so every backend post-processes the chosen ``[C, T]`` rows
+choice once, on the host, before any kernel runs, so all kernels post-process the chosen ``[C, T]`` rows
 unchanged (docs/design.md §5, steps 1–6):
 
 - ``cas``: the CAS itself (the published behaviour).

@@ -44,6 +44,7 @@ def test_help_on_every_level(path):
     result = CliRunner().invoke(cli, [*path, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output
+    assert "--backend" not in result.output  # renamed options keep their former spelling as a hidden alias
 
 
 def test_version_and_checks():

@@ -2,8 +2,8 @@
 
 :func:`oracle_detections` follows docs/design.md §5 line by line, in the plainest Python: the interpolation of the
 ``ecm`` mode is ``cv2.resize`` itself (what the published code calls), that of ``clean`` mode the float64 formula
-of the contract written out per frame. The backend tests compare the numpy reference against it, and every other
-backend against the reference.
+of the contract written out per frame. The kernel tests (tests/kernels/test_kernels_agreement.py) compare the
+numpy reference against it, and the other kernels against the reference.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``ecm_edge.Localizer``: artifacts in, events out; backends agree; callbacks isolated; thread-safe."""
+"""``ecm_edge.Localizer``: artifacts in, events out; engines agree; callbacks isolated; thread-safe."""
 
 from __future__ import annotations
 
@@ -87,18 +87,18 @@ def stream_all(localizer: Localizer, features: np.ndarray, chunk: int) -> list[d
     return out + localizer.flush()
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch", "onnxruntime"])
-def test_events_equal_offline_cas_through_the_online_post_processing(backend, deploy_dir, features, request):
+@pytest.mark.parametrize("engine", ["numpy", "torch", "onnxruntime"])
+def test_events_equal_offline_cas_through_the_online_post_processing(engine, deploy_dir, features, request):
     folder, weights = deploy_dir
-    if backend == "onnxruntime":
+    if engine == "onnxruntime":
         folder = request.getfixturevalue("export_dir")
-    if backend == "torch":
+    if engine == "torch":
         torch = pytest.importorskip("torch")
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # torch's spinning worker threads starve the event thread on a small CPU
         request.addfinalizer(lambda: torch.set_num_threads(threads))
-    localizer = Localizer.from_artifacts(folder, backend, overrides=OVERRIDES)
-    assert localizer.backend == backend and localizer.class_names == CLASSES
+    localizer = Localizer.from_artifacts(folder, engine, overrides=OVERRIDES)
+    assert localizer.engine == engine and localizer.class_names == CLASSES
     events = stream_all(localizer, features, chunk=1)
     localizer.close()
     post = OnlinePostProcessor(OnlineParams.from_config(localizer.config), CLASSES)
@@ -278,7 +278,7 @@ def test_clear_errors(deploy_dir, tmp_path):
     folder, _ = deploy_dir
     with pytest.raises(CheckpointError, match="does not exist"):
         Localizer.from_artifacts(tmp_path / "missing")
-    with pytest.raises(ConfigError, match="unknown backend"):
+    with pytest.raises(ConfigError, match="unknown engine"):
         Localizer.from_artifacts(folder, "tensorflow")
     with pytest.raises(CheckpointError, match="deploy weights"):
         Localizer.from_artifacts(tmp_path, "numpy")

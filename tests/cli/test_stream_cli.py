@@ -62,7 +62,8 @@ def without_wall_clock(events: list[dict]) -> list[dict]:
 
 
 def test_features_to_stdout_jsonl(deploy_dir, features_file):
-    done = run_stream("--features", str(features_file), "--artifacts", str(deploy_dir), "--no-realtime", *KEEP_ALL)
+    done = run_stream("--features", str(features_file), "--artifacts", str(deploy_dir), "--engine", "numpy",
+                      "--no-realtime", *KEEP_ALL)
     assert done.returncode == 0, done.stderr
     events = events_of(done.stdout)
     assert events and {e["type"] for e in events} == {"segment"}
@@ -80,7 +81,7 @@ def test_features_to_stdout_jsonl(deploy_dir, features_file):
 def test_features_to_a_file(deploy_dir, features_file, tmp_path):
     out = tmp_path / "events.jsonl"
     done = run_stream("--features", str(features_file), "--artifacts", str(deploy_dir), "--no-realtime",
-                      "--out", str(out), *KEEP_ALL)
+                      "--backend", "numpy", "--out", str(out), *KEEP_ALL)  # --engine's former spelling still works
     assert done.returncode == 0, done.stderr
     assert done.stdout == "" and f"events written to {out}" in done.stderr
     assert len(events_of(out.read_text())) > 0

@@ -13,7 +13,7 @@ from ecm_edge.cli.main import main
 from ecm_edge.data.annotations import load_activitynet_json
 from ecm_edge.evaluation import evaluate_detections, load_predictions, write_predictions
 
-THUMOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "thumos14"
+THUMOS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "thumos14"
 
 GT = {"database": {
     "v1": {"subset": "test", "annotations": [{"segment": ["0", "10"], "label": "Jump"},

@@ -1,4 +1,4 @@
-"""Runtime backends: one protocol, the torch model as the oracle, manifest checks before loading, no torch import."""
+"""Inference engines: one protocol, the torch model as the oracle, manifest checks before loading, no torch import."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import torch
 from ecm_edge.config import load_config
 from ecm_edge.errors import CheckpointError, DataError, EcmEdgeError
 from ecm_edge.export.pipeline import ExportRequest, run_export
-from ecm_edge.runtime.backends import Backend, backend_for, list_artifacts, load_backend, select_artifact
-from ecm_edge.runtime.backends.cuda_buffers import device_pointer, stream_handle
-from ecm_edge.runtime.backends.onnxruntime_backend import choose_providers
+from ecm_edge.runtime.engines import Engine, engine_for, list_artifacts, load_engine, select_artifact
+from ecm_edge.runtime.engines.cuda_buffers import device_pointer, stream_handle
+from ecm_edge.runtime.engines.onnxruntime_engine import choose_providers
 from ecm_edge.train.deploy import save_deploy
 from ecm_edge.train.model import ECM, ECMDims
 
@@ -26,7 +26,7 @@ TENSORRT_INSTALLED = importlib.util.find_spec("tensorrt") is not None
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("backends")
+    root = tmp_path_factory.mktemp("engines")
     cfg = load_config("small", [f"data.feature_dim={D}", "model.hidden_dim=40", f"model.num_classes={C}",
                                 "data.t_fixed=48"])
     torch.manual_seed(7)
@@ -36,11 +36,11 @@ def export_dir(tmp_path_factory):
     return root, model, result
 
 
-def artifact_for(export_dir, backend: str, graph: str):
+def artifact_for(export_dir, engine: str, graph: str):
     root, _, result = export_dir
-    if backend == "torch":
+    if engine == "torch":
         return root / "run"
-    if backend == "tensorrt":
+    if engine == "tensorrt":
         if not TENSORRT_INSTALLED:
             pytest.skip("TensorRT is not installed (engines are built and run only where it is)")
         path = result.artifact(graph, "fp16", kind="engine")
@@ -50,10 +50,10 @@ def artifact_for(export_dir, backend: str, graph: str):
     return result.artifact(graph, "fp32")
 
 
-def open_backend(export_dir, backend: str, graph: str):
-    artifact = artifact_for(export_dir, backend, graph)
-    options = {"graph": graph} if backend == "torch" else {}
-    return load_backend(artifact, backend=backend, **options)
+def open_engine(export_dir, engine: str, graph: str):
+    artifact = artifact_for(export_dir, engine, graph)
+    options = {"graph": graph} if engine == "torch" else {}
+    return load_engine(artifact, engine=engine, **options)
 
 
 def reference(model: ECM, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -66,34 +66,34 @@ def features(batch: int, length: int, seed: int = 0) -> np.ndarray:
     return np.maximum(np.random.default_rng(seed).standard_normal((batch, length, D)), 0).astype(np.float32)
 
 
-BACKENDS = ["onnxruntime", "torch", "tensorrt"]
+ENGINES = ["onnxruntime", "torch", "tensorrt"]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_offline_outputs_match_the_torch_model(export_dir, backend):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_offline_outputs_match_the_torch_model(export_dir, engine):
     _, model, _ = export_dir
-    with open_backend(export_dir, backend, "offline") as runner:
-        assert isinstance(runner, Backend)
+    with open_engine(export_dir, engine, "offline") as runner:
+        assert isinstance(runner, Engine)
         assert runner.input_names == ["features"] and runner.output_names == ["cas", "video_scores", "weights"]
         for batch, length in ((1, 1), (2, 48), (1, 300)):
             x = features(batch, length, seed=length)
             shapes = runner.set_shapes({"features": x.shape})
             assert shapes == {"cas": (batch, length, C), "video_scores": (batch, C), "weights": (batch, length, C)}
             out = runner.infer(x)
-            tolerance = 2e-2 if backend == "tensorrt" else 1e-5  # the engine is fp16
+            tolerance = 2e-2 if engine == "tensorrt" else 1e-5  # the engine is fp16
             for name, expected in reference(model, x).items():
                 assert out[name].shape == shapes[name] and out[name].dtype == np.float32
                 np.testing.assert_allclose(out[name], expected, atol=tolerance)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_streaming_window_gives_the_valid_centre_columns(export_dir, backend):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_streaming_window_gives_the_valid_centre_columns(export_dir, engine):
     _, model, _ = export_dir
     x = features(1, 30, seed=3)
     full = reference(model, x)
-    with open_backend(export_dir, backend, "streaming") as runner:
+    with open_engine(export_dir, engine, "streaming") as runner:
         assert runner.manifest.streaming["min_window"] == 5
-        tolerance = 2e-2 if backend == "tensorrt" else 1e-5
+        tolerance = 2e-2 if engine == "tensorrt" else 1e-5
         for start, width in ((0, 5), (10, 5), (4, 20)):
             out = runner.infer(x[:, start:start + width])
             assert set(out) == {"cas", "weights"} and out["cas"].shape == out["weights"].shape == (1, width - 4, C)
@@ -103,9 +103,9 @@ def test_streaming_window_gives_the_valid_centre_columns(export_dir, backend):
             runner.infer(x[:, :4])
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
-def test_features_of_another_dimension_are_refused(export_dir, backend):
-    with open_backend(export_dir, backend, "offline") as runner, pytest.raises(DataError, match="features of another"):
+@pytest.mark.parametrize("engine", ["onnxruntime", "torch"])
+def test_features_of_another_dimension_are_refused(export_dir, engine):
+    with open_engine(export_dir, engine, "offline") as runner, pytest.raises(DataError, match="features of another"):
         runner.infer(np.zeros((1, 10, D + 1), np.float32))
 
 
@@ -113,13 +113,13 @@ def test_features_of_another_dimension_are_refused(export_dir, backend):
 def test_onnxruntime_runs_each_precision_and_refuses_the_wrong_one(export_dir, precision):
     _, model, result = export_dir
     path = result.artifact("offline", precision)
-    runner = load_backend(path, precision=precision, providers="cpu", threads=1)
+    runner = load_engine(path, precision=precision, providers="cpu", threads=1)
     x = features(1, 48)
     tolerance = 1e-5 if precision == "fp32" else 1e-2
     np.testing.assert_allclose(runner.infer(x)["cas"], reference(model, x)["cas"], atol=tolerance)
     other = "fp16" if precision == "fp32" else "fp32"
     with pytest.raises(CheckpointError, match=f"{other} was asked for"):
-        load_backend(path, precision=other)
+        load_engine(path, precision=other)
 
 
 def test_tampered_onnx_is_refused_by_the_runtime(export_dir, tmp_path):
@@ -131,23 +131,23 @@ def test_tampered_onnx_is_refused_by_the_runtime(export_dir, tmp_path):
     copy.write_bytes(bytes(data))
     (tmp_path / (source.name + ".json")).write_bytes((source.parent / (source.name + ".json")).read_bytes())
     with pytest.raises(CheckpointError, match="does not match its manifest"):
-        load_backend(copy)
+        load_engine(copy)
     copy.write_bytes(source.read_bytes())  # restored byte for byte: accepted again
-    load_backend(copy).close()
+    load_engine(copy).close()
 
 
-def test_backend_is_chosen_by_suffix(export_dir):
+def test_engine_is_chosen_by_suffix(export_dir):
     root, _, result = export_dir
-    assert backend_for(result.artifact("offline", "fp32")) == "onnxruntime"
-    assert backend_for(root / "out" / "ecm.fp16.engine") == "tensorrt"
-    assert backend_for(root / "run") == "torch"
-    assert backend_for(root / "run" / "model.safetensors") == "torch"
+    assert engine_for(result.artifact("offline", "fp32")) == "onnxruntime"
+    assert engine_for(root / "out" / "ecm.fp16.engine") == "tensorrt"
+    assert engine_for(root / "run") == "torch"
+    assert engine_for(root / "run" / "model.safetensors") == "torch"
     with pytest.raises(CheckpointError, match="cannot tell"):
-        backend_for(root / "weights.bin")
+        engine_for(root / "weights.bin")
     with pytest.raises(EcmEdgeError, match="cannot run"):
-        load_backend(result.artifact("offline", "fp32"), backend="torch")
-    with pytest.raises(EcmEdgeError, match="unknown backend"):
-        load_backend(result.artifact("offline", "fp32"), backend="openvino")
+        load_engine(result.artifact("offline", "fp32"), engine="torch")
+    with pytest.raises(EcmEdgeError, match="unknown engine"):
+        load_engine(result.artifact("offline", "fp32"), engine="openvino")
 
 
 def test_select_artifact_from_an_export_folder(export_dir):
@@ -161,10 +161,10 @@ def test_select_artifact_from_an_export_folder(export_dir):
         select_artifact(folder, "offline", "int8")
 
 
-def test_torch_backend_refuses_precisions_it_cannot_run(export_dir):
+def test_torch_engine_refuses_precisions_it_cannot_run(export_dir):
     root, _, _ = export_dir
     with pytest.raises(EcmEdgeError, match="fp16"):
-        load_backend(root / "run", precision="fp16")
+        load_engine(root / "run", precision="fp16")
 
 
 def test_provider_choice():
@@ -175,9 +175,9 @@ def test_provider_choice():
         choose_providers(["CPUExecutionProvider"], "cuda")
 
 
-def test_host_only_backend_says_so_for_device_buffers(export_dir):
+def test_host_only_engine_says_so_for_device_buffers(export_dir):
     _, _, result = export_dir
-    runner = load_backend(result.artifact("offline", "fp32"), providers="cpu")
+    runner = load_engine(result.artifact("offline", "fp32"), providers="cpu")
     assert not runner.supports_device_buffers
     with pytest.raises(EcmEdgeError, match="host arrays only"):
         runner.infer_device({"features": object()})
@@ -208,13 +208,13 @@ def test_device_pointer_reads_the_cuda_array_interface():
         device_pointer(np.zeros(3))
 
 
-def test_runtime_backends_run_without_torch(export_dir):
+def test_runtime_engines_run_without_torch(export_dir):
     _, _, result = export_dir
     code = (
         "import sys, numpy as np\n"
-        "from ecm_edge.runtime.backends import load_backend, select_artifact\n"
-        "import ecm_edge.runtime.backends.tensorrt_backend, ecm_edge.runtime.backends.torch_backend\n"
-        f"runner = load_backend({str(result.artifact('offline', 'fp16'))!r})\n"
+        "from ecm_edge.runtime.engines import load_engine, select_artifact\n"
+        "import ecm_edge.runtime.engines.tensorrt_engine, ecm_edge.export.torch_engine\n"
+        f"runner = load_engine({str(result.artifact('offline', 'fp16'))!r})\n"
         f"out = runner.infer(np.ones((1, 9, {D}), np.float32))\n"
         f"assert out['cas'].shape == (1, 9, {C}), out['cas'].shape\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
@@ -224,14 +224,14 @@ def test_runtime_backends_run_without_torch(export_dir):
 
 # -- GPU ---------------------------------------------------------------------------------------------------------
 @pytest.mark.gpu
-def test_torch_backend_on_device_buffers_shares_the_callers_stream(export_dir):
+def test_torch_engine_on_device_buffers_shares_the_callers_stream(export_dir):
     """numba device arrays in and out, queued on a numba stream; the result equals the host path."""
     from numba import cuda
 
     if not cuda.is_available() or not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU visible to numba and torch")
     root, model, _ = export_dir
-    runner = load_backend(root / "run", graph="offline", device="cuda")
+    runner = load_engine(root / "run", graph="offline", device="cuda")
     x = features(2, 48)
     stream = cuda.stream()
     assert stream_handle(stream) != 0
@@ -253,7 +253,7 @@ def test_onnxruntime_cuda_provider_binds_device_buffers(export_dir):
         pytest.skip("needs onnxruntime-gpu (the CUDA provider) and a CUDA GPU")
     _, model, result = export_dir
     stream = cuda.stream()
-    runner = load_backend(result.artifact("offline", "fp32"), providers="cuda", stream=stream)
+    runner = load_engine(result.artifact("offline", "fp32"), providers="cuda", stream=stream)
     assert runner.supports_device_buffers
     x = features(1, 48)
     out = runner.infer_device({"features": cuda.to_device(x, stream=stream)}, stream=stream)

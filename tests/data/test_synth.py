@@ -25,7 +25,7 @@ from ecm_edge.data.synth import (
 )
 from ecm_edge.errors import ConfigError
 
-THUMOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "thumos14"
+THUMOS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "thumos14"
 
 
 @pytest.fixture(scope="module")

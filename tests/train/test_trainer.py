@@ -109,7 +109,7 @@ def test_same_seed_same_losses_and_other_seed_differs(data_dir, tmp_path):
 def test_resume_after_kill_9_reaches_the_uninterrupted_weights(data_dir, tmp_path):
     """A real process is killed with SIGKILL mid-run; resuming it ends with the same weights as a clean run."""
     epochs = 8
-    settings = (f"train.epochs={epochs}", "train.eval_every=3", "post.backend=numpy")
+    settings = (f"train.epochs={epochs}", "train.eval_every=3", "post.kernels=numpy")
     victim_dir = tmp_path / "victim"
     victim = train_process("--config", "small", "--data", str(data_dir), "--no-progress", "--run-dir",
                            str(victim_dir), *tiny_overrides(*settings))
@@ -226,9 +226,9 @@ def test_cuda_training_with_amp_and_compile(data_dir, tmp_path, amp, compiled):
     """Needs a CUDA GPU: mixed precision and torch.compile train, evaluate and write CPU-loadable checkpoints."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU visible to torch")
-    # the numpy post-processing reference: this test is about training; the backends have their own tests
+    # the numpy post-processing reference: this test is about training; the kernels have their own tests
     cfg = tiny_config("train.epochs=2", f"train.amp={amp}", f"train.compile={str(compiled).lower()}",
-                      "post.backend=numpy")
+                      "post.kernels=numpy")
     summary = train(cfg, data_dir, tmp_path / "gpu", device="cuda", progress=False)
     assert summary.epochs == 2
     assert all(np.isfinite(list(r["loss"].values())).all() for r in summary.history)

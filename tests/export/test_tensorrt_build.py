@@ -25,7 +25,7 @@ from ecm_edge.export.tensorrt_build import (
     tensorrt_missing_message,
 )
 from ecm_edge.manifest import RuntimeVersions, read_manifest, verify_artifact, write_manifest
-from ecm_edge.runtime.backends import load_backend
+from ecm_edge.runtime.engines import load_engine
 from ecm_edge.train.deploy import save_deploy
 from ecm_edge.train.model import ECM, ECMDims
 
@@ -151,7 +151,7 @@ def test_export_with_engine_but_without_tensorrt_writes_onnx_only_and_says_so(ex
     assert not list((root / "out").glob("*.engine"))
     assert result.engine_message == tensorrt_missing_message([result.artifact("offline", "fp16"),
                                                               result.artifact("streaming", "fp16")])
-    assert "ecm.fp16.onnx" in result.engine_message and "onnxruntime backend" in result.engine_message
+    assert "ecm.fp16.onnx" in result.engine_message and "onnxruntime engine" in result.engine_message
 
 
 @needs_no_tensorrt
@@ -163,12 +163,12 @@ def test_cli_engine_without_tensorrt_exits_0_with_the_message(exported, tmp_path
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "TensorRT is not installed, so no engine was built" in out
-    assert str(tmp_path / "ecm.onnx") in out and "onnxruntime backend" in out
+    assert str(tmp_path / "ecm.onnx") in out and "onnxruntime engine" in out
     assert not list(tmp_path.glob("*.engine"))
 
 
 @needs_no_tensorrt
-def test_tensorrt_backend_refuses_a_stand_in_engine_without_tensorrt(exported, tmp_path):
+def test_tensorrt_engine_refuses_a_stand_in_engine_without_tensorrt(exported, tmp_path):
     _, result = exported
     onnx_manifest = read_manifest(result.artifact("offline", "fp16"))
     manifest = engine_manifest(onnx_manifest, "10.3.0", "NVIDIA Orin", (8, 7), plan_build("10.3.0", "fp16"),
@@ -177,4 +177,4 @@ def test_tensorrt_backend_refuses_a_stand_in_engine_without_tensorrt(exported, t
     stand_in.write_bytes(b"\x01" * 512)
     write_manifest(stand_in, manifest)
     with pytest.raises(CheckpointError, match="TensorRT is not installed here"):
-        load_backend(stand_in)
+        load_engine(stand_in)

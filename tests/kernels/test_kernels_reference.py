@@ -1,6 +1,6 @@
 """The reference post-processing itself: interpolation vs OpenCV, the published quirks, NMS, parameters.
 
-(OpenCV's own arithmetic, reproduced bit for bit in ``ecm`` mode by every backend: tests/test_kernels_ecm.py.)"""
+(OpenCV's own arithmetic, reproduced bit for bit in ``ecm`` mode by all kernels: tests/kernels/test_kernels_ecm.py.)"""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from ecm_edge.kernels.reference import (
     run_score,
     suppresses,
 )
-from ecm_edge.kernels.sources import SCORE_SOURCES
+from ecm_edge.kernels.score_rows import SCORE_SOURCES
 
 
 @pytest.mark.parametrize(("length", "frames"), [(750, 6000), (750, 21_737), (10, 3), (100, 100), (7, 14),
@@ -134,10 +134,12 @@ def test_params_defaults_and_choices_come_from_the_config_schema():
     assert CHOICES["stream.mode"] == CHOICES["post.mode"]
 
 
-def test_backend_names_are_the_config_choices():
-    from ecm_edge.postprocess import BACKENDS
+def test_kernel_names_are_the_config_choices():
+    from ecm_edge.cli.postprocess import KERNEL_CHOICES
+    from ecm_edge.postprocess import KERNELS
 
-    assert set(CHOICES["post.backend"]) == {"auto", *BACKENDS}
+    assert set(CHOICES["post.kernels"]) == {"auto", *KERNELS}
+    assert KERNEL_CHOICES is CHOICES["post.kernels"]
 
 
 def test_params_from_config_are_the_exact_arange():

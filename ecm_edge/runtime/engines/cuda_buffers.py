@@ -1,4 +1,4 @@
-"""Device buffers and CUDA streams shared by the GPU backends and the CUDA post-processing.
+"""Device buffers and CUDA streams shared by the GPU engines and the CUDA post-processing.
 
 Buffers are numba-cuda device arrays, or anything exposing ``__cuda_array_interface__`` (CuPy, torch): their
 data pointer is what TensorRT's ``set_tensor_address`` and ONNX Runtime's I/O binding take. Streams may be given in
