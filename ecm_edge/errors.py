@@ -1,8 +1,12 @@
-"""Errors a user can act on.
+"""Errors a user can act on, and optional imports that fail as one.
 
 Library code raises :class:`EcmEdgeError` (or a subclass) with a message that says what was wrong, where, and
 what to do; the CLI prints it as one line and exits with code 1.
 """
+
+
+import importlib
+from typing import Any
 
 
 class EcmEdgeError(Exception):
@@ -30,3 +34,12 @@ class MissingDependencyError(EcmEdgeError):
             message += f"; {hint}"
         super().__init__(message)
         self.package = package
+
+
+def import_optional(module: str, package: str, purpose: str, hint: str = "") -> Any:
+    """``import module`` for an optional path, or :class:`MissingDependencyError` naming the ``package`` to install
+    (or what works instead, ``hint``) when it is missing; importing ecm_edge itself never needs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(package, purpose, hint) from None

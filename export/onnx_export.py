@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ecm_edge.architecture import STREAM_WINDOW, clipped_topk
-from ecm_edge.errors import MissingDependencyError
+from ecm_edge.errors import import_optional
 from ecm_edge.io import atomic_path
 from ecm_edge.manifest import graph_specs
 from ecm_edge.train.model import ECM, class_probabilities, topk_mean
@@ -130,11 +130,7 @@ def _trace_to_onnx(module: nn.Module, graph: str, feature_dim: int, num_classes:
 
 def simplify_model(proto):
     """onnxsim with a clear message when it is missing; refuses a result that onnxsim could not verify."""
-    try:
-        import onnxsim
-    except ImportError:
-        raise MissingDependencyError("onnxsim", "simplifying the exported graph",
-                                     "pip install 'ecm-edge[export]'") from None
+    onnxsim = import_optional("onnxsim", "onnxsim", "simplifying the exported graph", "pip install 'ecm-edge[export]'")
     simplified, ok = onnxsim.simplify(proto)
     if not ok:
         log.warning("onnxsim could not verify the simplified graph; keeping the unsimplified one")
@@ -161,8 +157,4 @@ def set_io_shapes(proto, graph: str, feature_dim: int, num_classes: int, legacy:
 
 
 def _require_onnx():
-    try:
-        import onnx
-    except ImportError:
-        raise MissingDependencyError("onnx", "ONNX export", "pip install 'ecm-edge[export]'") from None
-    return onnx
+    return import_optional("onnx", "onnx", "ONNX export", "pip install 'ecm-edge[export]'")

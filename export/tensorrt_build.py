@@ -26,7 +26,7 @@ from typing import Any
 
 from ecm_edge.config import Config, ExportConfig
 from ecm_edge.environment import gpu_name_and_capability
-from ecm_edge.errors import ConfigError, EcmEdgeError, MissingDependencyError
+from ecm_edge.errors import ConfigError, EcmEdgeError, MissingDependencyError, import_optional
 from ecm_edge.io import atomic_write_bytes
 from ecm_edge.manifest import STREAM_MIN_WINDOW, Manifest, version_tuple
 
@@ -47,13 +47,8 @@ def tensorrt_missing_message(onnx_paths: list[Path]) -> str:
 
 def import_tensorrt() -> Any:
     """The ``tensorrt`` module, or :class:`MissingDependencyError` with the documented message."""
-    try:
-        import tensorrt
-    except ImportError:
-        raise MissingDependencyError("TensorRT", "building and running engines",
-                                     f"{TENSORRT_INSTALL_HINT}; meanwhile use the ONNX artifacts with the "
-                                     "onnxruntime engine") from None
-    return tensorrt
+    return import_optional("tensorrt", "TensorRT", "building and running engines",
+                           f"{TENSORRT_INSTALL_HINT}; meanwhile use the ONNX artifacts with the onnxruntime engine")
 
 
 def tensorrt_available() -> bool:

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ecm_edge.errors import MissingDependencyError
+from ecm_edge.errors import MissingDependencyError, import_optional
 from ecm_edge.kernels.streams import stream_handle
 from ecm_edge.manifest import STREAMING_CONTRACT, Manifest, graph_specs
 from ecm_edge.runtime.engines import EngineBase
@@ -28,12 +28,8 @@ from ecm_edge.runtime.head import FullPassRunner, StreamingHead, WindowHead
 
 
 def import_torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise MissingDependencyError("torch", "the torch engine", "pip install 'ecm-edge[train]', or use an "
-                                     "exported ONNX artifact with the onnxruntime engine") from None
-    return torch
+    return import_optional("torch", "torch", "the torch engine", "pip install 'ecm-edge[train]', or use an "
+                           "exported ONNX artifact with the onnxruntime engine")
 
 
 class TorchEngine(EngineBase):

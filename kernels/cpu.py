@@ -198,9 +198,25 @@ def positive_mass(row, scale, opencv, g, j0, m):
     if a >= 0.0 and b >= 0.0 and not opencv:
         first = position(j0, scale, opencv) - (g - 1)
         return m * a + (b - a) * (m * first + scale * (m * (m - 1) * 0.5))
+    if opencv:
+        return opencv_positive_mass(a, b, g - 1, scale, j0, m)
     total = 0.0
     for j in range(j0, j0 + m):
         total += max(sample(row, j, scale, opencv), 0.0)
+    return total
+
+
+@njit(cache=True)
+def opencv_positive_mass(a, b, left, scale, j0, m):
+    """``positive_mass`` of an interior segment in ``ecm`` mode: every frame reads ``row[left]`` = a and
+    ``row[left + 1]`` = b, so ``sample``'s clamping and indexing are hoisted out of the loop (same values)."""
+    a32, b32, one, left32 = np.float32(a), np.float32(b), np.float32(1.0), np.float32(left)
+    total = 0.0
+    for j in range(j0, j0 + m):
+        f = np.float32((j + 0.5) * scale - 0.5) - left32
+        value = a32 * (one - f) + b32 * f
+        if value > 0.0:
+            total += np.float64(value)
     return total
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ecm_edge.environment import cuda_gpu_visible, cuda_simulator_enabled
-from ecm_edge.errors import EcmEdgeError, MissingDependencyError
+from ecm_edge.errors import EcmEdgeError, import_optional
 from ecm_edge.kernels.detections import empty_detections, make_detections
 from ecm_edge.kernels.inputs import VideoBatch, is_device_array, kept_pairs
 from ecm_edge.kernels.params import PostParams
@@ -50,12 +50,8 @@ FRAME_BUDGET = 1 << 25  # frames per launch sequence (~300 MB of scratch); bigge
 
 
 def _cuda() -> Any:
-    try:
-        from numba import cuda
-    except ImportError:
-        raise MissingDependencyError("numba-cuda", "the CUDA post-processing kernels",
-                                     "pip install 'ecm-edge[cuda]', or use kernels='cpu'") from None
-    return cuda
+    return import_optional("numba.cuda", "numba-cuda", "the CUDA post-processing kernels",
+                           "pip install 'ecm-edge[cuda]', or use kernels='cpu'")
 
 
 def require_cuda() -> Any:

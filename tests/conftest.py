@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +40,20 @@ def fast_cuda_simulator():
     sys.setswitchinterval(1e-4)
     yield
     sys.setswitchinterval(previous)
+
+
+@pytest.fixture(scope="module")
+def stream_run(tmp_path_factory) -> Path:
+    """A small training-run folder with random weights (tests/stream_helpers.py) for the stream CLI and fault tests."""
+    pytest.importorskip("torch")
+    from stream_helpers import save_random_deploy
+
+    return save_random_deploy(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def stream_features(tmp_path_factory) -> Path:
+    """120 snippets of features for ``stream_run``, with one action-like stretch."""
+    from stream_helpers import save_features_with_an_action
+
+    return save_features_with_an_action(tmp_path_factory.mktemp("features") / "video.npy")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from stream_helpers import D
 
 from ecm_edge.cli.main import main
 from ecm_edge.evaluation import write_predictions
@@ -33,7 +34,6 @@ from ecm_edge.runtime.localizer import Localizer
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/full") or os.name != "posix",
                                 reason="needs /dev/full, POSIX signals and resource limits")
 
-D, H, C = 32, 48, 4
 KEEP_ALL = ("--set", "post.class_threshold=0.0")  # random weights: flat video scores, keep every class
 FAST_WEBHOOK = ("--set", "stream.webhook_backoff_s=0.01", "--set", "stream.webhook_backoff_max_s=0.05")
 REALTIME_FAST = ("--set", "data.feature_fps=1600")  # 10 ms snippets: a live-like stream that runs until stopped
@@ -43,29 +43,6 @@ NO_SPACE = "No space left on device"
 
 
 # -- fixtures and helpers -----------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def deploy_dir(tmp_path_factory) -> Path:
-    torch = pytest.importorskip("torch")
-    from ecm_edge.config import load_config
-    from ecm_edge.train.deploy import save_deploy
-    from ecm_edge.train.model import ECM, ECMDims
-
-    torch.manual_seed(5)
-    cfg = load_config("small", [f"data.feature_dim={D}", f"model.hidden_dim={H}", f"model.num_classes={C}",
-                                "stream.columns_per_snippet=1"])
-    folder = tmp_path_factory.mktemp("run")
-    save_deploy(ECM(ECMDims.from_config(cfg)).eval(), ["walk", "jump", "wave", "sit"], cfg, folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def features_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("features") / "video.npy"
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(120, D)).astype(np.float32)
-    x[30:60] += 3 * rng.normal(size=D).astype(np.float32)
-    np.save(path, x)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +53,11 @@ def long_features(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def emitted(deploy_dir, features_file) -> int:
-    """How many events a complete --no-realtime stream of ``features_file`` emits (the in-process pipeline)."""
-    localizer = Localizer.from_artifacts(deploy_dir, overrides=[KEEP_ALL[1]])
+def emitted(stream_run, stream_features) -> int:
+    """How many events a complete --no-realtime stream of ``stream_features`` emits (the in-process pipeline)."""
+    localizer = Localizer.from_artifacts(stream_run, overrides=[KEEP_ALL[1]])
     count = 0
-    for i, row in enumerate(np.load(features_file)):
+    for i, row in enumerate(np.load(stream_features)):
         count += len(localizer.push_features(row, start_time=i * 0.64, end_times=[i * 0.64 + 0.64]))
     count += len(localizer.flush())
     localizer.close()
@@ -88,8 +65,8 @@ def emitted(deploy_dir, features_file) -> int:
     return count
 
 
-def stream_args(deploy_dir: Path, features: Path, *args: str, realtime: bool = False) -> list[str]:
-    return ["stream", "--features", str(features), "--artifacts", str(deploy_dir),
+def stream_args(stream_run: Path, features: Path, *args: str, realtime: bool = False) -> list[str]:
+    return ["stream", "--features", str(features), "--artifacts", str(stream_run),
             *([] if realtime else ["--no-realtime"]), *KEEP_ALL, *args]
 
 
@@ -216,10 +193,10 @@ class Receiver:
 
 
 # -- 1. a full spool disk: bounded memory, counted loss, SIGTERM ends it ---------------------------------------------
-def test_full_spool_disk_keeps_memory_small_and_reports_every_lost_event(deploy_dir, features_file, emitted,
+def test_full_spool_disk_keeps_memory_small_and_reports_every_lost_event(stream_run, stream_features, emitted,
                                                                          tmp_path):
     out, url = tmp_path / "events.jsonl", f"http://127.0.0.1:{free_port()}/"
-    stream = Stream(stream_args(deploy_dir, features_file, "--out", str(out), "--webhook", url, "--spool",
+    stream = Stream(stream_args(stream_run, stream_features, "--out", str(out), "--webhook", url, "--spool",
                                 "/dev/full", *FAST_WEBHOOK), tmp_path)
     assert stream.wait(timeout=30) == 1, stream.stderr
     assert stream.peak_rss < PEAK_RSS_MAX
@@ -229,9 +206,9 @@ def test_full_spool_disk_keeps_memory_small_and_reports_every_lost_event(deploy_
     assert "Traceback" not in stream.stderr and "events written to" not in stream.stderr
 
 
-def test_sigterm_ends_a_live_stream_with_a_full_spool_within_seconds(deploy_dir, long_features, tmp_path):
+def test_sigterm_ends_a_live_stream_with_a_full_spool_within_seconds(stream_run, long_features, tmp_path):
     out, url = tmp_path / "events.jsonl", f"http://127.0.0.1:{free_port()}/"
-    stream = Stream(stream_args(deploy_dir, long_features, "--out", str(out), "--webhook", url, "--spool",
+    stream = Stream(stream_args(stream_run, long_features, "--out", str(out), "--webhook", url, "--spool",
                                 "/dev/full", *REALTIME_FAST, realtime=True), tmp_path)
     wait_for(lambda: len(jsonl(out)) >= 5)
     stream.process.send_signal(signal.SIGTERM)
@@ -246,25 +223,25 @@ def test_sigterm_ends_a_live_stream_with_a_full_spool_within_seconds(deploy_dir,
 
 
 # -- 2. a full output disk: exit 1, one line, the other sinks go on -------------------------------------------------
-def test_out_on_a_full_disk_exits_1_with_the_count(deploy_dir, features_file, emitted, capsys):
-    code, _, err = run_main(stream_args(deploy_dir, features_file, "--out", "/dev/full"), capsys)
+def test_out_on_a_full_disk_exits_1_with_the_count(stream_run, stream_features, emitted, capsys):
+    code, _, err = run_main(stream_args(stream_run, stream_features, "--out", "/dev/full"), capsys)
     assert code == 1
     assert last_line(err) == f"error: {emitted} events not written to /dev/full ({NO_SPACE})"
     assert "Traceback" not in err and "events written to" not in err
 
 
-def test_stdout_on_a_full_disk_exits_1_with_the_count(deploy_dir, features_file, emitted, tmp_path):
-    stream = Stream(stream_args(deploy_dir, features_file), tmp_path, stdout_path="/dev/full")
+def test_stdout_on_a_full_disk_exits_1_with_the_count(stream_run, stream_features, emitted, tmp_path):
+    stream = Stream(stream_args(stream_run, stream_features), tmp_path, stdout_path="/dev/full")
     assert stream.wait(timeout=30) == 1
     assert last_line(stream.stderr) == f"error: {emitted} events not written to stdout ({NO_SPACE})"
     assert "Traceback" not in stream.stderr
 
 
-def test_webhook_still_gets_every_event_when_the_out_disk_is_full(deploy_dir, features_file, emitted, tmp_path,
+def test_webhook_still_gets_every_event_when_the_out_disk_is_full(stream_run, stream_features, emitted, tmp_path,
                                                                   capsys):
     receiver = Receiver()
     try:
-        code, _, err = run_main(stream_args(deploy_dir, features_file, "--out", "/dev/full", "--webhook",
+        code, _, err = run_main(stream_args(stream_run, stream_features, "--out", "/dev/full", "--webhook",
                                             receiver.url, "--spool", str(tmp_path / "spool.jsonl")), capsys)
     finally:
         receiver.close()
@@ -272,20 +249,20 @@ def test_webhook_still_gets_every_event_when_the_out_disk_is_full(deploy_dir, fe
     assert len(receiver.bodies) == emitted and not (tmp_path / "spool.jsonl").exists()
 
 
-def test_out_file_hitting_a_size_limit_keeps_whole_lines_and_counts_the_rest(deploy_dir, features_file, emitted,
+def test_out_file_hitting_a_size_limit_keeps_whole_lines_and_counts_the_rest(stream_run, stream_features, emitted,
                                                                              tmp_path):
     out = tmp_path / "events.jsonl"
-    stream = Stream(stream_args(deploy_dir, features_file, "--out", str(out)), tmp_path, file_size=4096)
+    stream = Stream(stream_args(stream_run, stream_features, "--out", str(out)), tmp_path, file_size=4096)
     assert stream.wait(timeout=30) == 1
     written = len(jsonl(out))  # every line parses: the torn last line was cut off
     assert 0 < written < emitted and out.stat().st_size <= 4096
     assert last_line(stream.stderr) == f"error: {emitted - written} events not written to {out} (File too large)"
 
 
-def test_spool_hitting_a_size_limit_spools_what_fits_and_counts_the_rest(deploy_dir, features_file, emitted,
+def test_spool_hitting_a_size_limit_spools_what_fits_and_counts_the_rest(stream_run, stream_features, emitted,
                                                                          tmp_path):
     spool, url = tmp_path / "spool.jsonl", f"http://127.0.0.1:{free_port()}/"
-    stream = Stream(stream_args(deploy_dir, features_file, "--webhook", url, "--spool", str(spool),
+    stream = Stream(stream_args(stream_run, stream_features, "--webhook", url, "--spool", str(spool),
                                 *FAST_WEBHOOK), tmp_path, file_size=4096, stdout_pipe=True)
     assert stream.wait(timeout=30) == 1
     on_stdout, spooled = stream.piped_events(), jsonl(spool)
@@ -295,11 +272,22 @@ def test_spool_hitting_a_size_limit_spools_what_fits_and_counts_the_rest(deploy_
                                         f"spooled to {spool} (File too large)")
 
 
+def stream_to_receiver(receiver: Receiver, stream_run: Path, features: Path, spool: Path, capsys,
+                       *extra: str) -> tuple[int, list[dict], str]:
+    """Stream ``features`` to ``receiver`` (closed afterwards) with fast retries: (exit code, stdout events, stderr)."""
+    try:
+        code, out, err = run_main(stream_args(stream_run, features, "--webhook", receiver.url, "--spool", str(spool),
+                                              *extra, *FAST_WEBHOOK), capsys)
+    finally:
+        receiver.close()
+    return code, [json.loads(line) for line in out.splitlines()], err
+
+
 # -- webhook receivers: down, back late, slow, failing, timing out ---------------------------------------------------
-def test_webhook_down_spools_everything_and_a_later_run_sends_it_first(deploy_dir, features_file, emitted,
+def test_webhook_down_spools_everything_and_a_later_run_sends_it_first(stream_run, stream_features, emitted,
                                                                        tmp_path, capsys):
     port, spool = free_port(), tmp_path / "spool.jsonl"
-    args = stream_args(deploy_dir, features_file, "--webhook", f"http://127.0.0.1:{port}/hook", "--spool",
+    args = stream_args(stream_run, stream_features, "--webhook", f"http://127.0.0.1:{port}/hook", "--spool",
                        str(spool), *FAST_WEBHOOK)
     code, out, err = run_main(args, capsys)
     first = [json.loads(line) for line in out.splitlines()]
@@ -316,57 +304,44 @@ def test_webhook_down_spools_everything_and_a_later_run_sends_it_first(deploy_di
     assert receiver.bodies == first + second and receiver.keys == [e["id"] for e in first + second]
 
 
-def test_slow_webhook_with_a_small_queue_gets_every_event_once(deploy_dir, features_file, emitted, tmp_path,
+def test_slow_webhook_with_a_small_queue_gets_every_event_once(stream_run, stream_features, emitted, tmp_path,
                                                                capsys):
     receiver = Receiver(delay_s=0.005)
-    try:
-        code, out, _ = run_main(stream_args(deploy_dir, features_file, "--webhook", receiver.url, "--spool",
-                                            str(tmp_path / "spool.jsonl"), "--set", "stream.webhook_queue=4",
-                                            *FAST_WEBHOOK), capsys)
-    finally:
-        receiver.close()
-    ids = [json.loads(line)["id"] for line in out.splitlines()]
+    code, events, _ = stream_to_receiver(receiver, stream_run, stream_features, tmp_path / "spool.jsonl", capsys,
+                                         "--set", "stream.webhook_queue=4")
+    ids = [e["id"] for e in events]
     assert code == 0 and len(ids) == emitted
     assert sorted(receiver.keys) == sorted(ids) and not (tmp_path / "spool.jsonl").exists()
 
 
-def test_webhook_answering_500_for_a_while_gets_every_event_in_order(deploy_dir, features_file, emitted, tmp_path,
+def test_webhook_answering_500_for_a_while_gets_every_event_in_order(stream_run, stream_features, emitted, tmp_path,
                                                                      capsys):
     receiver = Receiver(fail_first=3)
-    try:
-        code, out, _ = run_main(stream_args(deploy_dir, features_file, "--webhook", receiver.url, "--spool",
-                                            str(tmp_path / "spool.jsonl"), *FAST_WEBHOOK), capsys)
-    finally:
-        receiver.close()
-    ids = [json.loads(line)["id"] for line in out.splitlines()]
+    code, events, _ = stream_to_receiver(receiver, stream_run, stream_features, tmp_path / "spool.jsonl", capsys)
+    ids = [e["id"] for e in events]
     assert code == 0 and len(ids) == emitted and receiver.answered_ok == emitted
     assert receiver.keys == [ids[0]] * 4 + ids[1:]  # the first event three times refused, then accepted
 
 
-def test_receiver_timing_out_after_reading_gets_a_repeat_it_can_recognize(deploy_dir, features_file, emitted,
+def test_receiver_timing_out_after_reading_gets_a_repeat_it_can_recognize(stream_run, stream_features, emitted,
                                                                           tmp_path, capsys):
     receiver = Receiver(stall_first_s=1.0)
-    try:
-        code, out, _ = run_main(stream_args(deploy_dir, features_file, "--webhook", receiver.url, "--spool",
-                                            str(tmp_path / "spool.jsonl"), "--set", "stream.webhook_timeout_s=0.3",
-                                            *FAST_WEBHOOK), capsys)
-    finally:
-        receiver.close()
-    events = [json.loads(line) for line in out.splitlines()]
+    code, events, _ = stream_to_receiver(receiver, stream_run, stream_features, tmp_path / "spool.jsonl", capsys,
+                                         "--set", "stream.webhook_timeout_s=0.3")
     assert code == 0 and len(receiver.bodies) == emitted + 1  # the first event arrived twice ...
     assert receiver.bodies[0] == receiver.bodies[1] == events[0]
     assert list(dict.fromkeys(receiver.keys)) == [e["id"] for e in events]  # ... with the same key: one repeat
     assert [b["id"] for b in receiver.bodies] == receiver.keys
 
 
-def test_sigterm_with_a_hung_webhook_spools_what_is_pending_and_ends_within_seconds(deploy_dir, long_features,
+def test_sigterm_with_a_hung_webhook_spools_what_is_pending_and_ends_within_seconds(stream_run, long_features,
                                                                                     tmp_path):
     hung = socket.socket()  # accepts connections (the kernel does), never answers
     hung.bind(("127.0.0.1", 0))
     hung.listen(64)
     out, spool = tmp_path / "events.jsonl", tmp_path / "spool.jsonl"
     try:
-        stream = Stream(stream_args(deploy_dir, long_features, "--out", str(out), "--webhook",
+        stream = Stream(stream_args(stream_run, long_features, "--out", str(out), "--webhook",
                                     f"http://127.0.0.1:{hung.getsockname()[1]}/", "--spool", str(spool),
                                     "--set", "stream.webhook_timeout_s=60", *REALTIME_FAST, realtime=True), tmp_path)
         wait_for(lambda: len(jsonl(out)) >= 5)
@@ -384,9 +359,9 @@ def test_sigterm_with_a_hung_webhook_spools_what_is_pending_and_ends_within_seco
 
 # -- signals ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_stop_signal_flushes_open_segments_and_exits_0_within_seconds(deploy_dir, long_features, tmp_path, signum):
+def test_stop_signal_flushes_open_segments_and_exits_0_within_seconds(stream_run, long_features, tmp_path, signum):
     out = tmp_path / "events.jsonl"
-    stream = Stream(stream_args(deploy_dir, long_features, "--out", str(out), *REALTIME_FAST, realtime=True),
+    stream = Stream(stream_args(stream_run, long_features, "--out", str(out), *REALTIME_FAST, realtime=True),
                     tmp_path)
     wait_for(lambda: len(jsonl(out)) >= 3)
     stream.process.send_signal(signum)
@@ -399,8 +374,8 @@ def test_stop_signal_flushes_open_segments_and_exits_0_within_seconds(deploy_dir
     assert any(abs(e["end"] - snippets * 0.01) < 1e-6 for e in events)  # open at the stop, closed by the flush
 
 
-def test_sigterm_ends_a_stream_stuck_on_an_unread_stdout_pipe(deploy_dir, long_features, tmp_path):
-    process = subprocess.Popen([sys.executable, "-m", "ecm_edge", *stream_args(deploy_dir, long_features)],
+def test_sigterm_ends_a_stream_stuck_on_an_unread_stdout_pipe(stream_run, long_features, tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "ecm_edge", *stream_args(stream_run, long_features)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # stdout never read: it fills up
     try:
         first = process.stdout.readline()
@@ -450,35 +425,35 @@ def bad_feature_files(folder: Path) -> dict[str, tuple[Path, str]]:
 
 
 @pytest.mark.parametrize("name", ["text", "empty", "truncated", "pickled", "wrong_dim"])
-def test_bad_feature_file_is_one_line_and_exit_1(deploy_dir, tmp_path, capsys, name):
+def test_bad_feature_file_is_one_line_and_exit_1(stream_run, tmp_path, capsys, name):
     path, message = bad_feature_files(tmp_path)[name]
-    code, out, err = run_main(stream_args(deploy_dir, path), capsys)
+    code, out, err = run_main(stream_args(stream_run, path), capsys)
     assert code == 1 and out == ""
     assert err.strip().splitlines() == [message]
 
 
-def test_nan_features_stop_the_stream_with_one_line(deploy_dir, features_file, tmp_path, capsys):
-    x = np.load(features_file)
+def test_nan_features_stop_the_stream_with_one_line(stream_run, stream_features, tmp_path, capsys):
+    x = np.load(stream_features)
     x[10, 3] = np.nan
     np.save(tmp_path / "nan.npy", x)
-    code, _, err = run_main(stream_args(deploy_dir, tmp_path / "nan.npy", "--out", str(tmp_path / "e.jsonl")),
+    code, _, err = run_main(stream_args(stream_run, tmp_path / "nan.npy", "--out", str(tmp_path / "e.jsonl")),
                             capsys)
     assert code == 1 and last_line(err).startswith("error: ") and "NaN" in last_line(err)
     assert "Traceback" not in err
 
 
-def test_tampered_onnx_artifact_is_refused_before_streaming(deploy_dir, features_file, tmp_path, capsys):
+def test_tampered_onnx_artifact_is_refused_before_streaming(stream_run, stream_features, tmp_path, capsys):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from ecm_edge.export.pipeline import ExportRequest, run_export
 
-    result = run_export(ExportRequest(deploy_dir, tmp_path / "export", precision="fp32", engine=None))
+    result = run_export(ExportRequest(stream_run, tmp_path / "export", precision="fp32", engine=None))
     for graph in ("streaming", "offline"):
         artifact = result.artifact(graph, "fp32")
         data = bytearray(artifact.read_bytes())
         data[len(data) // 2] ^= 0x01
         artifact.write_bytes(bytes(data))
-    args = ["stream", "--features", str(features_file), "--artifacts", str(tmp_path / "export"), "--engine",
+    args = ["stream", "--features", str(stream_features), "--artifacts", str(tmp_path / "export"), "--engine",
             "onnxruntime", "--no-realtime"]
     code, out, err = run_main(args, capsys)
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
@@ -518,26 +493,26 @@ def test_eval_refuses_negative_ground_truth_and_ambiguous_times(tmp_path, capsys
 
 
 # -- quiet -----------------------------------------------------------------------------------------------------------
-def test_quiet_silences_info_but_keeps_warnings_and_errors(deploy_dir, features_file, emitted, tmp_path, capsys):
+def test_quiet_silences_info_but_keeps_warnings_and_errors(stream_run, stream_features, emitted, tmp_path, capsys):
     out = tmp_path / "events.jsonl"
-    code, _, err = run_main(["-q", *stream_args(deploy_dir, features_file, "--out", str(out))], capsys)
+    code, _, err = run_main(["-q", *stream_args(stream_run, stream_features, "--out", str(out))], capsys)
     assert code == 0 and err == "" and len(jsonl(out)) == emitted
     spool = tmp_path / "spool.jsonl"
-    code, _, err = run_main(["-q", *stream_args(deploy_dir, features_file, "--out", str(out), "--webhook",
+    code, _, err = run_main(["-q", *stream_args(stream_run, stream_features, "--out", str(out), "--webhook",
                                                 f"http://127.0.0.1:{free_port()}/", "--spool", str(spool),
                                                 *FAST_WEBHOOK)], capsys)
     assert code == 0 and "stream:" not in err and "events written to" not in err
     assert f"{emitted} undelivered events kept in {spool}" in err  # a warning
-    code, _, err = run_main(["-q", *stream_args(deploy_dir, features_file, "--out", "/dev/full")], capsys)
+    code, _, err = run_main(["-q", *stream_args(stream_run, stream_features, "--out", "/dev/full")], capsys)
     assert code == 1 and err.strip().splitlines()[-1] == f"error: {emitted} events not written to /dev/full " \
                                                          f"({NO_SPACE})"
 
 
 # -- deploy folders: corrupted weights, inconsistent or missing model.json ------------------------------------------
-def copy_deploy(deploy_dir: Path, folder: Path) -> Path:
+def copy_deploy(stream_run: Path, folder: Path) -> Path:
     folder.mkdir()
     for name in ("model.safetensors", "model.json"):
-        (folder / name).write_bytes((deploy_dir / name).read_bytes())
+        (folder / name).write_bytes((stream_run / name).read_bytes())
     return folder
 
 
@@ -556,12 +531,12 @@ def predict_args(folder: Path, features: Path, out: Path) -> list[str]:
 
 @pytest.mark.parametrize("value", [-7.2e36, float("nan")], ids=["flipped-exponent", "nan"])
 @pytest.mark.parametrize("command", ["stream", "predict"])
-def test_corrupted_deploy_weights_are_refused(deploy_dir, features_file, tmp_path, capsys, value, command):
+def test_corrupted_deploy_weights_are_refused(stream_run, stream_features, tmp_path, capsys, value, command):
     pytest.importorskip("torch")
-    folder = copy_deploy(deploy_dir, tmp_path / "run")
+    folder = copy_deploy(stream_run, tmp_path / "run")
     overwrite_float(folder / "model.safetensors", "conv1.weight", 7, value)
-    args = (stream_args(folder, features_file) if command == "stream"
-            else predict_args(folder, features_file, tmp_path / "pred.json"))
+    args = (stream_args(folder, stream_features) if command == "stream"
+            else predict_args(folder, stream_features, tmp_path / "pred.json"))
     code, out, err = run_main(args, capsys)
     assert code == 1 and out == "" and "Traceback" not in err
     assert "does not match the sha256 recorded in" in last_line(err) and "--redeploy" in last_line(err)
@@ -569,17 +544,17 @@ def test_corrupted_deploy_weights_are_refused(deploy_dir, features_file, tmp_pat
 
 
 @pytest.mark.parametrize("command", ["stream", "predict"])
-def test_non_finite_weights_with_a_matching_hash_are_refused(deploy_dir, features_file, tmp_path, capsys, command):
+def test_non_finite_weights_with_a_matching_hash_are_refused(stream_run, stream_features, tmp_path, capsys, command):
     """A NaN written before the hash was taken (a training run that diverged, an older folder)."""
     pytest.importorskip("torch")
     from ecm_edge.deploy_format import SHA256_KEY, file_sha256
 
-    folder = copy_deploy(deploy_dir, tmp_path / "run")
+    folder = copy_deploy(stream_run, tmp_path / "run")
     overwrite_float(folder / "model.safetensors", "conv2.weight", 0, float("nan"))
     meta = json.loads((folder / "model.json").read_text())
     (folder / "model.json").write_text(json.dumps({**meta, SHA256_KEY: file_sha256(folder / "model.safetensors")}))
-    args = (stream_args(folder, features_file) if command == "stream"
-            else predict_args(folder, features_file, tmp_path / "pred.json"))
+    args = (stream_args(folder, stream_features) if command == "stream"
+            else predict_args(folder, stream_features, tmp_path / "pred.json"))
     code, _, err = run_main(args, capsys)
     assert code == 1 and "tensor conv2.weight holds 1 non-finite value(s)" in last_line(err)
 
@@ -590,10 +565,10 @@ def test_non_finite_weights_with_a_matching_hash_are_refused(deploy_dir, feature
     ({"dims": {"num_classes": 10}, "class_names": [f"c{i}" for i in range(10)],
       "config": {"model": {"num_classes": 10}}}, {"stream": "lists 10 classes but", "predict": "classifier.weight is [4, 48, 1] in the file, [10, 48, 1] by the dims"}),
 ], ids=["names-vs-dims", "weights-vs-dims"])
-def test_inconsistent_model_json_is_refused_with_what_disagrees(deploy_dir, features_file, tmp_path, capsys,
+def test_inconsistent_model_json_is_refused_with_what_disagrees(stream_run, stream_features, tmp_path, capsys,
                                                                command, edit, words):
     pytest.importorskip("torch")
-    folder = copy_deploy(deploy_dir, tmp_path / "run")
+    folder = copy_deploy(stream_run, tmp_path / "run")
     meta = json.loads((folder / "model.json").read_text())
     for key, value in edit.items():
         if isinstance(value, dict):
@@ -605,8 +580,8 @@ def test_inconsistent_model_json_is_refused_with_what_disagrees(deploy_dir, feat
         else:
             meta[key] = value
     (folder / "model.json").write_text(json.dumps(meta))
-    args = (stream_args(folder, features_file) if command == "stream"
-            else predict_args(folder, features_file, tmp_path / "pred.json"))
+    args = (stream_args(folder, stream_features) if command == "stream"
+            else predict_args(folder, stream_features, tmp_path / "pred.json"))
     code, _, err = run_main(args, capsys)
     message = last_line(err)
     words = words if isinstance(words, str) else words[command]
@@ -615,20 +590,20 @@ def test_inconsistent_model_json_is_refused_with_what_disagrees(deploy_dir, feat
 
 
 @pytest.mark.parametrize("missing", ["model.json", "model.safetensors"])
-def test_a_deploy_folder_missing_one_file_names_it(deploy_dir, features_file, tmp_path, capsys, missing):
-    folder = copy_deploy(deploy_dir, tmp_path / "run")
+def test_a_deploy_folder_missing_one_file_names_it(stream_run, stream_features, tmp_path, capsys, missing):
+    folder = copy_deploy(stream_run, tmp_path / "run")
     (folder / missing).unlink()
-    code, _, err = run_main(stream_args(folder, features_file), capsys)
+    code, _, err = run_main(stream_args(folder, stream_features), capsys)
     assert code == 1 and f"but no {missing}" in last_line(err), err
 
 
 # -- out-of-range settings ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("override", ["stream.horizon=0", "stream.horizon=-5", "post.nms_iou=2", "post.nms_iou=-1",
                                       "post.class_threshold=-1", "stream.warmup=-1", "stream.webhook_timeout_s=-1"])
-def test_out_of_range_settings_stop_the_stream_before_it_starts(deploy_dir, features_file, tmp_path, capsys,
+def test_out_of_range_settings_stop_the_stream_before_it_starts(stream_run, stream_features, tmp_path, capsys,
                                                                 override):
     key, value = override.split("=")
-    code, out, err = run_main(stream_args(deploy_dir, features_file, "--set", override,
+    code, out, err = run_main(stream_args(stream_run, stream_features, "--set", override,
                                           "--out", str(tmp_path / "e.jsonl")), capsys)
     assert code == 1 and out == "" and not (tmp_path / "e.jsonl").exists()
     assert err.strip().splitlines() == [last_line(err)] and "Traceback" not in err

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ecm_edge.architecture import topk_count
 from ecm_edge.config import Config
 from ecm_edge.errors import ConfigError, EcmEdgeError
 from ecm_edge.kernels.params import PostParams
@@ -118,7 +119,7 @@ class CausalScorer:
         self._seen += len(cas_columns)
         filled = min(self._seen, self.horizon)
         window = self._ring[:filled]
-        k = max(1, int(self.topk_ratio * len(window)))
+        k = topk_count(len(window), self.topk_ratio)
         top_mean = np.partition(window, len(window) - k, axis=0)[len(window) - k:].mean(axis=0)
         scores = np.exp(top_mean - top_mean.max())
         scores /= scores.sum()

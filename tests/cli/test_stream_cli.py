@@ -15,36 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mjpeg_server import MjpegServer
+from stream_helpers import D
 
 from ecm_edge.runtime.localizer import Localizer
 
-D, H, C = 32, 48, 4
 KEEP_ALL = ["--set", "post.class_threshold=0.0"]  # random weights: flat video scores, keep every class
-
-
-@pytest.fixture(scope="module")
-def deploy_dir(tmp_path_factory) -> Path:
-    torch = pytest.importorskip("torch")
-    from ecm_edge.config import load_config
-    from ecm_edge.train.deploy import save_deploy
-    from ecm_edge.train.model import ECM, ECMDims
-
-    torch.manual_seed(5)
-    cfg = load_config("small", [f"data.feature_dim={D}", f"model.hidden_dim={H}", f"model.num_classes={C}",
-                                "stream.columns_per_snippet=1"])  # a number, as `ecm-edge train` records it
-    folder = tmp_path_factory.mktemp("run")
-    save_deploy(ECM(ECMDims.from_config(cfg)).eval(), ["walk", "jump", "wave", "sit"], cfg, folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def features_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("features") / "video.npy"
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(120, D)).astype(np.float32)
-    x[30:60] += 3 * rng.normal(size=D).astype(np.float32)
-    np.save(path, x)
-    return path
 
 
 def run_stream(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -61,15 +36,15 @@ def without_wall_clock(events: list[dict]) -> list[dict]:
     return [{k: v for k, v in e.items() if k not in ("emitted_at", "id")} for e in events]
 
 
-def test_features_to_stdout_jsonl(deploy_dir, features_file):
-    done = run_stream("--features", str(features_file), "--artifacts", str(deploy_dir), "--engine", "numpy",
+def test_features_to_stdout_jsonl(stream_run, stream_features):
+    done = run_stream("--features", str(stream_features), "--artifacts", str(stream_run), "--engine", "numpy",
                       "--no-realtime", *KEEP_ALL)
     assert done.returncode == 0, done.stderr
     events = events_of(done.stdout)
     assert events and {e["type"] for e in events} == {"segment"}
-    localizer = Localizer.from_artifacts(deploy_dir, overrides=["post.class_threshold=0.0"])
+    localizer = Localizer.from_artifacts(stream_run, overrides=["post.class_threshold=0.0"])
     expected = []
-    for i, row in enumerate(np.load(features_file)):  # with the replay source's snippet times
+    for i, row in enumerate(np.load(stream_features)):  # with the replay source's snippet times
         expected += localizer.push_features(row, start_time=i * 0.64, end_times=[i * 0.64 + 0.64])
     expected += localizer.flush()
     localizer.close()
@@ -78,9 +53,9 @@ def test_features_to_stdout_jsonl(deploy_dir, features_file):
     assert "120 snippets" in done.stderr
 
 
-def test_features_to_a_file(deploy_dir, features_file, tmp_path):
+def test_features_to_a_file(stream_run, stream_features, tmp_path):
     out = tmp_path / "events.jsonl"
-    done = run_stream("--features", str(features_file), "--artifacts", str(deploy_dir), "--no-realtime",
+    done = run_stream("--features", str(stream_features), "--artifacts", str(stream_run), "--no-realtime",
                       "--backend", "numpy", "--out", str(out), *KEEP_ALL)  # --engine's former spelling still works
     assert done.returncode == 0, done.stderr
     assert done.stdout == "" and f"events written to {out}" in done.stderr
@@ -102,9 +77,9 @@ def write_video(path: Path, seconds: float, fps: float = 25.0) -> Path:
     return path
 
 
-def test_video_file_through_the_tiny_extractor(deploy_dir, tmp_path):
+def test_video_file_through_the_tiny_extractor(stream_run, tmp_path):
     video = write_video(tmp_path / "clip.avi", seconds=8.0)  # 200 frames = 12 whole snippets
-    done = run_stream("--video", str(video), "--artifacts", str(deploy_dir), "--extractor", "tiny",
+    done = run_stream("--video", str(video), "--artifacts", str(stream_run), "--extractor", "tiny",
                       "--set", "stream.stats_every_s=1e-9", *KEEP_ALL)
     assert done.returncode == 0, done.stderr
     events = events_of(done.stdout)
@@ -114,24 +89,24 @@ def test_video_file_through_the_tiny_extractor(deploy_dir, tmp_path):
     assert "12 snippets" in done.stderr
 
 
-def test_camera_that_cannot_open_is_one_line_and_exit_1(deploy_dir):
-    done = run_stream("--camera", "97", "--artifacts", str(deploy_dir), timeout=60)
+def test_camera_that_cannot_open_is_one_line_and_exit_1(stream_run):
+    done = run_stream("--camera", "97", "--artifacts", str(stream_run), timeout=60)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot open camera 97")
 
 
-def test_exactly_one_source_is_a_usage_error(deploy_dir, features_file):
-    done = run_stream("--camera", "0", "--features", str(features_file), "--artifacts", str(deploy_dir))
+def test_exactly_one_source_is_a_usage_error(stream_run, stream_features):
+    done = run_stream("--camera", "0", "--features", str(stream_features), "--artifacts", str(stream_run))
     assert done.returncode == 2 and "exactly one source" in done.stderr
 
 
-def test_ctrl_c_flushes_open_segments_and_exits_0(deploy_dir, tmp_path):
+def test_ctrl_c_flushes_open_segments_and_exits_0(stream_run, tmp_path):
     features = np.random.default_rng(2).normal(size=(5000, D)).astype(np.float32)
     np.save(tmp_path / "long.npy", features)
     # 10 ms snippets in real time: a 50 s replay, interrupted after the first events
     process = subprocess.Popen([sys.executable, "-m", "ecm_edge", "stream", "--features", str(tmp_path / "long.npy"),
-                                "--artifacts", str(deploy_dir), "--set", "data.feature_fps=1600", *KEEP_ALL],
+                                "--artifacts", str(stream_run), "--set", "data.feature_fps=1600", *KEEP_ALL],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = process.stdout.readline()
     assert json.loads(first)["type"] == "segment"
@@ -171,14 +146,14 @@ def test_a_stop_request_never_waits_on_a_lock_the_interrupted_thread_holds():
     assert acquired == [True]
 
 
-def test_webhook_receiver_down_spools_every_event(deploy_dir, features_file, tmp_path):
+def test_webhook_receiver_down_spools_every_event(stream_run, stream_features, tmp_path):
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     spool = tmp_path / "spool.jsonl"
-    done = run_stream("--features", str(features_file), "--artifacts", str(deploy_dir), "--no-realtime",
+    done = run_stream("--features", str(stream_features), "--artifacts", str(stream_run), "--no-realtime",
                       "--webhook", f"http://127.0.0.1:{port}/hook", "--spool", str(spool),
                       "--set", "stream.webhook_backoff_s=0.01", *KEEP_ALL)
     assert done.returncode == 0, done.stderr
@@ -187,9 +162,9 @@ def test_webhook_receiver_down_spools_every_event(deploy_dir, features_file, tmp
 
 
 @pytest.mark.skipif(os.name != "posix", reason="uses a POSIX pipe")
-def test_reader_leaving_the_pipe_ends_the_stream_quietly(deploy_dir, features_file):
-    stream = subprocess.Popen([sys.executable, "-m", "ecm_edge", "stream", "--features", str(features_file),
-                               "--artifacts", str(deploy_dir), "--no-realtime", *KEEP_ALL],
+def test_reader_leaving_the_pipe_ends_the_stream_quietly(stream_run, stream_features):
+    stream = subprocess.Popen([sys.executable, "-m", "ecm_edge", "stream", "--features", str(stream_features),
+                               "--artifacts", str(stream_run), "--no-realtime", *KEEP_ALL],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert stream.stdout.readline()
     stream.stdout.close()
@@ -198,13 +173,13 @@ def test_reader_leaving_the_pipe_ends_the_stream_quietly(deploy_dir, features_fi
     assert "Traceback" not in err
 
 
-def test_live_url_cut_mid_way_reconnects_and_reports_it(deploy_dir):
+def test_live_url_cut_mid_way_reconnects_and_reports_it(stream_run):
     server = MjpegServer()
     fast = ["--set", "stream.read_timeout_s=0.5", "--set", "stream.reconnect_initial_s=0.1",
             "--set", "stream.reconnect_max_s=0.3", "--set", "stream.open_timeout_s=2.0",
             "--set", "stream.stats_every_s=0.2"]
     process = subprocess.Popen([sys.executable, "-m", "ecm_edge", "stream", "--url", server.url,
-                                "--artifacts", str(deploy_dir), *fast, *KEEP_ALL],
+                                "--artifacts", str(stream_run), *fast, *KEEP_ALL],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
@@ -236,9 +211,9 @@ def test_live_url_cut_mid_way_reconnects_and_reports_it(deploy_dir):
     assert lost["source"].startswith("stream http://127.0.0.1") and restored["attempts"] >= 1
 
 
-def test_features_of_another_dimension_name_the_file_shape(deploy_dir, tmp_path):
+def test_features_of_another_dimension_name_the_file_shape(stream_run, tmp_path):
     np.save(tmp_path / "wide.npy", np.ones((100, 128), np.float32))
-    done = run_stream("--features", str(tmp_path / "wide.npy"), "--artifacts", str(deploy_dir), "--no-realtime")
+    done = run_stream("--features", str(tmp_path / "wide.npy"), "--artifacts", str(stream_run), "--no-realtime")
     assert done.returncode == 1
     assert done.stderr.strip() == (f"error: feature file {tmp_path / 'wide.npy'} holds features of shape [100, 128], "
                                    f"but the model expects [T, {D}] ({D} channels per snippet); use features from "
@@ -246,8 +221,8 @@ def test_features_of_another_dimension_name_the_file_shape(deploy_dir, tmp_path)
                                    "features")
 
 
-def test_quiet_prints_nothing_but_the_events(deploy_dir, features_file):
-    done = subprocess.run([sys.executable, "-m", "ecm_edge", "-q", "stream", "--features", str(features_file),
-                           "--artifacts", str(deploy_dir), "--no-realtime", *KEEP_ALL],
+def test_quiet_prints_nothing_but_the_events(stream_run, stream_features):
+    done = subprocess.run([sys.executable, "-m", "ecm_edge", "-q", "stream", "--features", str(stream_features),
+                           "--artifacts", str(stream_run), "--no-realtime", *KEEP_ALL],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stderr == "" and events_of(done.stdout)

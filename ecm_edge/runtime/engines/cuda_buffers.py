@@ -15,16 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from ecm_edge.errors import DataError, MissingDependencyError
+from ecm_edge.errors import DataError, MissingDependencyError, import_optional
 from ecm_edge.kernels.streams import stream_handle, to_numba_stream
 
 
 def require_numba_cuda() -> Any:
     """``numba.cuda`` with a real GPU, or a clear error."""
-    try:
-        from numba import cuda
-    except ImportError:
-        raise MissingDependencyError("numba-cuda", "device buffers", "pip install 'ecm-edge[cuda]'") from None
+    cuda = import_optional("numba.cuda", "numba-cuda", "device buffers", "pip install 'ecm-edge[cuda]'")
     if not cuda.is_available():
         raise MissingDependencyError("a CUDA GPU", "device buffers",
                                      "no CUDA device is visible; use host arrays with infer()")

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ecm_edge.errors import EcmEdgeError, MissingDependencyError
+from ecm_edge.errors import EcmEdgeError, import_optional
 from ecm_edge.manifest import Manifest, verify_artifact
 from ecm_edge.runtime.engines import EngineBase
 from ecm_edge.runtime.engines import cuda_buffers as cb
@@ -26,12 +26,8 @@ CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 
 
 def import_onnxruntime() -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MissingDependencyError("onnxruntime", "running ONNX artifacts",
-                                     "pip install onnxruntime (or onnxruntime-gpu)") from None
-    return onnxruntime
+    return import_optional("onnxruntime", "onnxruntime", "running ONNX artifacts",
+                           "pip install onnxruntime (or onnxruntime-gpu)")
 
 
 def choose_providers(available: list[str], providers: str | list[str] = "auto") -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ecm_edge.errors import CheckpointError, DataError, EcmEdgeError, MissingDependencyError
+from ecm_edge.errors import CheckpointError, DataError, EcmEdgeError, import_optional
 from ecm_edge.manifest import Manifest, verify_artifact
 from ecm_edge.runtime.engines import EngineBase
 from ecm_edge.runtime.engines import cuda_buffers as cb
@@ -26,13 +26,9 @@ log = logging.getLogger("ecm_edge")
 
 
 def import_tensorrt() -> Any:
-    try:
-        import tensorrt
-    except ImportError:
-        raise MissingDependencyError("TensorRT", "running engines",
-                                     "install TensorRT 10 or 11 (JetPack on a Jetson, `pip install tensorrt` on a "
-                                     "server), or run the ONNX artifact with the onnxruntime engine") from None
-    return tensorrt
+    return import_optional("tensorrt", "TensorRT", "running engines",
+                           "install TensorRT 10 or 11 (JetPack on a Jetson, `pip install tensorrt` on a server), "
+                           "or run the ONNX artifact with the onnxruntime engine")
 
 
 class TensorRTEngine(EngineBase):

@@ -1,0 +1,35 @@
+"""The small deploy folder and feature file the stream tests (CLI, faults) run on: random weights, 4 classes,
+and 120 snippets with one distinct stretch so that segments come out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+D, H, C = 32, 48, 4
+CLASS_NAMES = ["walk", "jump", "wave", "sit"]
+
+
+def save_random_deploy(folder: Path) -> Path:
+    """A training-run folder (``model.safetensors`` + ``model.json``) with seeded random weights; needs torch."""
+    import torch
+
+    from ecm_edge.config import load_config
+    from ecm_edge.train.deploy import save_deploy
+    from ecm_edge.train.model import ECM, ECMDims
+
+    torch.manual_seed(5)
+    cfg = load_config("small", [f"data.feature_dim={D}", f"model.hidden_dim={H}", f"model.num_classes={C}",
+                                "stream.columns_per_snippet=1"])  # a number, as `ecm-edge train` records it
+    save_deploy(ECM(ECMDims.from_config(cfg)).eval(), CLASS_NAMES, cfg, folder)
+    return folder
+
+
+def save_features_with_an_action(path: Path) -> Path:
+    """``[120, D]`` float32 features: noise, with snippets 30–59 shifted together (an "action")."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, D)).astype(np.float32)
+    x[30:60] += 3 * rng.normal(size=D).astype(np.float32)
+    np.save(path, x)
+    return path
