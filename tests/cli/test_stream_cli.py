@@ -42,13 +42,7 @@ def test_features_to_stdout_jsonl(stream_run, stream_features):
     assert done.returncode == 0, done.stderr
     events = events_of(done.stdout)
     assert events and {e["type"] for e in events} == {"segment"}
-    localizer = Localizer.from_artifacts(stream_run, overrides=["post.class_threshold=0.0"])
-    expected = []
-    for i, row in enumerate(np.load(stream_features)):  # with the replay source's snippet times
-        expected += localizer.push_features(row, start_time=i * 0.64, end_times=[i * 0.64 + 0.64])
-    expected += localizer.flush()
-    localizer.close()
-    assert without_wall_clock(events) == without_wall_clock(expected)
+    assert without_wall_clock(events) == without_wall_clock(replayed_in_process(stream_run, stream_features))
     assert len({e["id"] for e in events}) == len(events)  # every event on the wire has its own id
     assert "120 snippets" in done.stderr
 
@@ -59,7 +53,20 @@ def test_features_to_a_file(stream_run, stream_features, tmp_path):
                       "--backend", "numpy", "--out", str(out), *KEEP_ALL)  # --engine's former spelling still works
     assert done.returncode == 0, done.stderr
     assert done.stdout == "" and f"events written to {out}" in done.stderr
-    assert len(events_of(out.read_text())) > 0
+    expected = without_wall_clock(replayed_in_process(stream_run, stream_features))
+    assert expected and without_wall_clock(events_of(out.read_text())) == expected
+
+
+def replayed_in_process(run: Path, features: Path) -> list[dict]:
+    """The events the Localizer gives for ``features`` pushed one snippet at a time with the replay source's
+    snippet times: what the command must write."""
+    localizer = Localizer.from_artifacts(run, overrides=["post.class_threshold=0.0"])
+    expected = []
+    for i, row in enumerate(np.load(features)):
+        expected += localizer.push_features(row, start_time=i * 0.64, end_times=[i * 0.64 + 0.64])
+    expected += localizer.flush()
+    localizer.close()
+    return expected
 
 
 def write_video(path: Path, seconds: float, fps: float = 25.0) -> Path:
