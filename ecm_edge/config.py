@@ -146,6 +146,9 @@ class StreamConfig:
     open_timeout_s: float = 10.0  # opening a camera or URL fails after this long (at start: an error, no hang)
     read_timeout_s: float = 5.0  # a live source that delivers no frame for this long counts as lost
     queue_frames: int = 32  # frames buffered between the reader thread and the pipeline with policy "all"
+    # snippets a StreamEngine (many streams per process) queues per source between ticks; snippets pushed beyond
+    # it are dropped and counted per source (ecm_edge.runtime.engine)
+    queue_snippets: int = 64
     max_frame_gap_s: float = 1.0  # a longer gap between source frames restarts snippet assembly (no stale fill)
     stats_every_s: float = 10.0  # seconds between `stats` events (0: never)
     emit_open: bool = False  # also emit `segment_open` early alerts
@@ -265,6 +268,7 @@ RANGES: dict[str, Range] = {
     "stream.horizon": AT_LEAST_ONE, "stream.warmup": NON_NEGATIVE, "stream.reconnect_initial_s": POSITIVE,
     "stream.reconnect_max_s": POSITIVE, "stream.reconnect_attempts": NON_NEGATIVE,
     "stream.open_timeout_s": POSITIVE, "stream.read_timeout_s": POSITIVE, "stream.queue_frames": AT_LEAST_ONE,
+    "stream.queue_snippets": AT_LEAST_ONE,
     "stream.max_frame_gap_s": POSITIVE, "stream.stats_every_s": NON_NEGATIVE, "stream.event_queue": AT_LEAST_ONE,
     "stream.webhook_timeout_s": POSITIVE, "stream.webhook_retries": AT_LEAST_ONE,
     "stream.webhook_backoff_s": POSITIVE, "stream.webhook_backoff_max_s": POSITIVE,

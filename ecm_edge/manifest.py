@@ -2,11 +2,11 @@
 
 A manifest says what an artifact is and what it needs: its sha256, precision, graph (``offline`` or
 ``streaming``), input/output names with symbolic shapes, class names, feature spec, the versions that built it
-(ecm_edge, onnx, onnxruntime, TensorRT, torch), the GPU an engine was built for, and the calibration data hash of
-INT8 artifacts. The runtime calls :func:`verify_artifact` before it loads anything: a file whose bytes no longer
-match, an engine built by another TensorRT or for another GPU, or an ONNX graph newer than the installed ONNX
-Runtime is refused with a message that names the command that rebuilds it. Engines are executable code for the
-GPU, so a failed check is never a warning.
+(ecm_edge, onnx, onnxruntime, TensorRT, torch), the GPU an engine was built for, and the calibration data hash and
+the quantization layout of INT8 artifacts. The runtime calls :func:`verify_artifact` before it loads anything: a
+file whose bytes no longer match, an engine built by another TensorRT or for another GPU, or an ONNX graph newer
+than the installed ONNX Runtime is refused with a message that names the command that rebuilds it. Engines are
+executable code for the GPU, so a failed check is never a warning.
 
 Shapes are lists of ints and dimension names; a name may carry an offset (``"window-4"``: the streaming graph
 returns four columns fewer than its input window). :meth:`TensorSpec.resolve` turns them into numbers. This module
@@ -147,6 +147,9 @@ class Manifest:
     requires: dict[str, str] = field(default_factory=dict)  # what the loading machine must offer
     gpu: dict[str, str] | None = None  # engines: {"name", "compute_capability"}
     calibration: dict[str, Any] | None = None  # int8: {"data_hash", "method", "videos", "cache_key", ...}
+    # int8: the Q/DQ layout and what ONNX Runtime made of it at export: {"layout", "quantized_convs",
+    # "onnxruntime", "onnxruntime_integer_ops", ...}; absent in int8 artifacts exported before it was recorded
+    quantization: dict[str, Any] | None = None
     source: dict[str, Any] = field(default_factory=dict)  # {"weights", "weights_sha256", "config"}
     rebuild: str = ""  # the command that rebuilds this artifact
     created: str = ""

@@ -1,25 +1,40 @@
 """INT8 with explicit quantization: calibrated activations, per-channel weights, QuantizeLinear/DequantizeLinear.
 
-The INT8 artifact (``<stem>.int8.onnx``) is the FP32 graph with Q/DQ nodes in front of every convolution:
+The INT8 artifact (``<stem>.int8.onnx``) is the FP32 graph with Q/DQ nodes around the two temporal convolutions
+of Φ (``conv1``, ``conv2``: all of the head's arithmetic but C / (3·(D + H)) of it):
 
 - **weights**: symmetric per-output-channel int8 (``scale_c = max|W_c| / 127``, zero point 0), stored as int8
   initializers behind one ``DequantizeLinear(axis=0)``;
-- **activations**: symmetric per-tensor int8 (``scale = amax / 127``), one ``QuantizeLinear → DequantizeLinear``
-  pair on each convolution's input, with ``amax`` calibrated on real training features by running the FP32 graph
-  (``minmax``: the largest |x| seen; ``percentile``: that percentile of |x| from a histogram, which ignores rare
-  outliers);
-- biases, the top-k, the softmax and the graph's inputs/outputs stay float32.
+- **activations in**: symmetric per-tensor int8 (``scale = amax / 127``, zero point 0), one
+  ``QuantizeLinear → DequantizeLinear`` pair directly in front of the convolution's input;
+- **activations out**: the same kind of pair directly behind the convolution, before its LeakyReLU. ONNX
+  Runtime fuses ``DQ(x), DQ(W) → Conv → Q`` into one ``QLinearConv`` (integer arithmetic, int8 output) and
+  ``DQ → LeakyRelu → Q`` into ``QLinearLeakyRelu``; without the output Q it keeps a float ``Conv`` on
+  dequantized tensors, which is no faster than FP32. TensorRT's explicit quantization takes the same layout
+  (it fuses the output Q into the convolution and runs the activation in int8);
+- ``amax`` is calibrated on real training features by running the FP32 graph. Convolution inputs: ``minmax``
+  (the largest |x| seen) or ``percentile`` (that percentile of |x| from a histogram, which ignores rare
+  outliers). Convolution outputs: the ``amax`` whose grid minimizes the squared error *after* the LeakyReLU that
+  follows (:meth:`SignedRange.amax_after`), from histograms of the positive and the negative values. A
+  pre-activation is mostly negative with a long negative tail that the activation shrinks a hundredfold, so a
+  range set by |x| would spend the grid on values that hardly matter and cost accuracy (docs/design.md,
+  Decisions, Export);
+- the classifier (H → C, 1×1) and the transition (C → C, 1×1), the top-k, the softmax, the sigmoid and the
+  graph's inputs and outputs stay float32: the classifier's output *is* the CAS that post-processing
+  thresholds, and quantizing it per tensor would round every class's curve to one shared 8-bit grid for a layer
+  that costs C / (3·(D + H)) of a temporal convolution pair; an int8 classifier with a float output would run in
+  ONNX Runtime as a dequantize plus a float convolution, i.e. slower than leaving it alone.
 
 This is the layout TensorRT's explicit quantization expects (symmetric int8, Q/DQ around the layers to run in
-INT8; no implicit calibrator, which TensorRT 11 removed), and ONNX Runtime fuses it into integer convolutions on
-the CPU. ``onnxruntime.quantization.quantize_static`` can emit Q/DQ too, but by default it quantizes activations
-asymmetrically to uint8 and wraps more operators than the convolutions, and it has no way to key and reuse a
-calibration; writing the ~100 lines here keeps the graph exactly as TensorRT wants it and lets the calibration be
-cached.
+INT8; no implicit calibrator, which TensorRT 11 removed) and the one ONNX Runtime's QDQ fusion turns into integer
+convolutions on the CPU. ``onnxruntime.quantization.quantize_static`` can emit Q/DQ too, but by default it
+quantizes activations asymmetrically to uint8 and wraps more operators than the convolutions, and it has no way to
+key and reuse a calibration; writing it here keeps the graph exactly as TensorRT wants it and lets the
+calibration be cached.
 
-The calibration (one ``amax`` per convolution input, in graph order) is cached as JSON under a key made of the
-sha256 of the model, the sha256 of the calibration data and the method; a second export with the same three
-skips the calibration run. Because it is keyed by convolution order, the ranges measured on the offline graph
+The calibration (``amax`` of every convolution's input and output, in graph order) is cached as JSON under a key
+made of the sha256 of the model, the sha256 of the calibration data and the method; a second export with the same
+three skips the calibration run. Because it is keyed by convolution order, the ranges measured on the offline graph
 also quantize the streaming graph (same convolutions, same weights).
 """
 
@@ -38,6 +53,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ecm_edge.architecture import TEMPORAL_CONVS
 from ecm_edge.errors import DataError, EcmEdgeError
 from ecm_edge.io import atomic_write_json
 
@@ -45,7 +61,7 @@ log = logging.getLogger("ecm_edge")
 
 INT8_MAX = 127
 HISTOGRAM_BINS = 4096  # resolution of the |x| histogram of the percentile method
-CALIBRATION_FORMAT = 1  # bump when the cached result's meaning changes
+CALIBRATION_FORMAT = 2  # bump when the cached result's meaning changes (2: convolution outputs too)
 FEW_CALIBRATION_VIDEOS = 100  # warn below this many calibration videos
 
 
@@ -57,7 +73,8 @@ class CalibrationMethod:
     percentile: float = 99.99  # used by "percentile"
 
     def describe(self) -> dict[str, Any]:
-        spec: dict[str, Any] = {"name": self.name, "format": CALIBRATION_FORMAT, "scheme": "symmetric-int8"}
+        spec: dict[str, Any] = {"name": self.name, "format": CALIBRATION_FORMAT, "scheme": "symmetric-int8",
+                                "outputs": "mse-after-activation"}
         if self.name == "percentile":
             spec.update(percentile=self.percentile, bins=HISTOGRAM_BINS)
         return spec
@@ -65,9 +82,11 @@ class CalibrationMethod:
 
 @dataclass
 class Calibration:
-    """Calibrated activation ranges: ``amax[i]`` for the input of the i-th convolution in graph order."""
+    """Calibrated activation ranges: ``amax[i]`` / ``output_amax[i]`` for the input / output of the i-th
+    convolution in graph order."""
 
     amax: list[float]
+    output_amax: list[float]
     conv_weight_shapes: list[list[int]]  # sanity check when applying to a graph
     model_hash: str
     data_hash: str
@@ -156,17 +175,73 @@ class AbsRange:
         return min(self.top, (index + 1) * self.top / self.bins)
 
 
+class SignedRange:
+    """Histograms of a tensor's positive values and of its negative values' magnitudes, for a range chosen by the
+    error that remains after the activation that follows."""
+
+    def __init__(self, bins: int = HISTOGRAM_BINS):
+        self.positive, self.negative = AbsRange(bins), AbsRange(bins)
+
+    def add(self, values: np.ndarray) -> None:
+        flat = values.astype(np.float32, copy=False).ravel()
+        self.positive.add(flat[flat > 0])
+        self.negative.add(-flat[flat < 0])
+
+    def amax_after(self, slope: float = 1.0, candidates: int = 512) -> float:
+        """The symmetric int8 range that minimizes the mean squared error of ``activation(dequantized x)``, with
+        ``activation`` LeakyReLU(``slope``) (1: none): inside the range the error is the grid's rounding noise
+        (step² / 12), outside it the clipped distance; negative values count ``slope²``."""
+        top = max(self.positive.top, self.negative.top)
+        if top == 0:
+            return 0.0
+        amax = top * np.arange(1, candidates + 1) / candidates  # [K]
+        error = np.zeros(candidates)
+        for estimator, weight in ((self.positive, 1.0), (self.negative, slope * slope)):
+            if estimator.top == 0:
+                continue
+            centres = (np.arange(estimator.bins) + 0.5) * (estimator.top / estimator.bins)  # [B]
+            clipped = np.maximum(centres[None, :] - amax[:, None], 0.0) ** 2  # [K, B]
+            rounding = np.where(centres[None, :] > amax[:, None], 0.0, (amax[:, None] / INT8_MAX) ** 2 / 12)
+            error += weight * ((clipped + rounding) @ estimator.counts)
+        return float(amax[int(np.argmin(error))])
+
+
 def conv_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return [node for node in model.graph.node if node.op_type == "Conv"]
 
 
+def quantized_convs(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The convolutions that run in int8: the first :data:`TEMPORAL_CONVS` (Φ's ``conv1``, ``conv2``), each
+    followed by its LeakyReLU; the pointwise classifier and transition after them stay float (module doc)."""
+    convs = conv_nodes(model)[:TEMPORAL_CONVS]
+    consumers = {name: node for node in model.graph.node for name in node.input}
+    for conv in convs:
+        after = consumers.get(conv.output[0])
+        if after is None or after.op_type != "LeakyRelu":
+            raise EcmEdgeError(f"Conv {conv.name or conv.output[0]} is not followed by LeakyRelu; this is not the "
+                               "ECM head's graph, refusing to quantize it")
+    return convs
+
+
+def activation_slope(model: onnx.ModelProto, conv: onnx.NodeProto) -> float:
+    """The negative slope of the LeakyReLU that reads ``conv``'s output (LeakyRelu's ``alpha``, default 0.01);
+    1.0 (no activation) when something else reads it."""
+    for node in model.graph.node:
+        if node.op_type == "LeakyRelu" and conv.output[0] in node.input:
+            return next((float(a.f) for a in node.attribute if a.name == "alpha"), 0.01)
+    return 1.0
+
+
 def collect_ranges(model: onnx.ModelProto, videos: Iterable[np.ndarray],
-                   progress: Callable[[int], None] | None = None) -> tuple[list[AbsRange], int]:
-    """Run ``model`` (FP32, input ``features [1, T, D]``) on each video; |x| ranges of every Conv input."""
+                   progress: Callable[[int], None] | None = None
+                   ) -> tuple[list[AbsRange], list[SignedRange], int]:
+    """Run ``model`` (FP32, input ``features [1, T, D]``) on each video: the |x| ranges of every Conv input and
+    the signed ranges of every Conv output, in graph order, and the number of snippets."""
     import onnxruntime as ort
 
     probe = _copy(model)
-    targets = [node.input[0] for node in conv_nodes(probe)]
+    convs = conv_nodes(probe)
+    targets = [node.input[0] for node in convs] + [node.output[0] for node in convs]
     graph_inputs = {value.name for value in probe.graph.input}
     existing = {value.name for value in probe.graph.output}
     for name in targets:
@@ -176,36 +251,39 @@ def collect_ranges(model: onnx.ModelProto, videos: Iterable[np.ndarray],
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the probed tensors
     session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    fetch = [name for name in targets if name not in graph_inputs]
+    fetch = list(dict.fromkeys(name for name in targets if name not in graph_inputs))
     input_name = probe.graph.input[0].name
-    ranges = [AbsRange() for _ in targets]
+    inputs, outputs = [AbsRange() for _ in convs], [SignedRange() for _ in convs]
     snippets = 0
     for features in videos:
         batch = np.ascontiguousarray(features, dtype=np.float32)[None]
         values = dict(zip(fetch, session.run(fetch, {input_name: batch}), strict=True))
         values[input_name] = batch
-        for estimator, name in zip(ranges, targets, strict=True):
+        for estimator, name in zip([*inputs, *outputs], targets, strict=True):
             estimator.add(values[name])
         snippets += batch.shape[1]
         if progress is not None:
             progress(1)
-    return ranges, snippets
+    return inputs, outputs, snippets
 
 
 def calibrate(model: onnx.ModelProto, videos: Sequence[tuple[str, np.ndarray]], method: CalibrationMethod,
               model_hash: str, cache_dir: str | Path | None = None,
               progress: Callable[[int], None] | None = None) -> Calibration:
-    """Activation ranges of ``model``'s Conv inputs on ``videos``, from the cache when the key matches."""
+    """Activation ranges of ``model``'s Conv inputs and outputs on ``videos``, from the cache when the key
+    matches."""
     data_hash = hash_features(videos)
     key = calibration_key(model_hash, data_hash, method)
     cached = _read_cache(cache_dir, key)
     if cached is not None:
         log.info("INT8 calibration: cache hit %s (model, data and method unchanged)", key)
         return cached
-    ranges, snippets = collect_ranges(model, (features for _, features in videos), progress)
-    shapes = [_weight_shape(model, node) for node in conv_nodes(model)]
-    result = Calibration([float(r.amax(method)) for r in ranges], shapes, model_hash, data_hash, method.describe(),
-                         len(videos), snippets, key)
+    inputs, outputs, snippets = collect_ranges(model, (features for _, features in videos), progress)
+    convs = conv_nodes(model)
+    shapes = [_weight_shape(model, node) for node in convs]
+    result = Calibration([float(r.amax(method)) for r in inputs],
+                         [r.amax_after(activation_slope(model, conv)) for r, conv in zip(outputs, convs, strict=True)],
+                         shapes, model_hash, data_hash, method.describe(), len(videos), snippets, key)
     if cache_dir is not None:
         atomic_write_json(Path(cache_dir) / f"{key}.json", result.to_dict())
     return result
@@ -228,7 +306,8 @@ def _read_cache(cache_dir: str | Path | None, key: str) -> Calibration | None:
 
 # -- Q/DQ insertion ---------------------------------------------------------------------------------------------
 def quantize_qdq(model: onnx.ModelProto, calibration: Calibration) -> onnx.ModelProto:
-    """A copy of ``model`` with int8 Q/DQ on every Conv (per-channel weights, calibrated activations)."""
+    """A copy of ``model`` with int8 Q/DQ around Φ's convolutions (module doc): per-channel weights, calibrated
+    per-tensor activations on each convolution's input and output."""
     model = _copy(model)
     graph = model.graph
     convs = conv_nodes(model)
@@ -238,30 +317,84 @@ def quantize_qdq(model: onnx.ModelProto, calibration: Calibration) -> onnx.Model
                            f"{calibration.conv_weight_shapes}, this graph has {shapes}; calibrate this model again")
     initializers = {init.name: init for init in graph.initializer}
     activation_dq: dict[str, str] = {}
-    inserted: dict[int, list[onnx.NodeProto]] = {}
-    for conv, amax in zip(convs, calibration.amax, strict=True):
-        before: list[onnx.NodeProto] = []
+    before: dict[int, list[onnx.NodeProto]] = {}
+    after: dict[int, list[onnx.NodeProto]] = {}
+    chosen = {id(node) for node in quantized_convs(model)}
+    for conv, amax_in, amax_out in zip(convs, calibration.amax, calibration.output_amax, strict=True):
+        if id(conv) not in chosen:
+            continue
+        nodes: list[onnx.NodeProto] = []
         source = conv.input[0]
         if source not in activation_dq:
-            activation_dq[source] = _quantize_activation(graph, source, amax, before)
+            activation_dq[source] = _quantize_activation(graph, source, amax_in, nodes)
         conv.input[0] = activation_dq[source]
-        conv.input[1] = _quantize_weight(graph, initializers[conv.input[1]], before)
-        inserted[id(conv)] = before
+        conv.input[1] = _quantize_weight(graph, initializers[conv.input[1]], nodes)
+        before[id(conv)] = nodes
+        output = conv.output[0]  # its consumers keep reading this name: the output DequantizeLinear's now
+        conv.output[0] = f"{output}_float"
+        after[id(conv)] = []
+        _quantize_activation(graph, conv.output[0], amax_out, after[id(conv)], restored=output)
     ordered: list[onnx.NodeProto] = []
     for node in graph.node:
-        ordered.extend(inserted.get(id(node), []))
+        ordered.extend(before.get(id(node), []))
         ordered.append(node)
+        ordered.extend(after.get(id(node), []))
     del graph.node[:]
     graph.node.extend(ordered)
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
-def _quantize_activation(graph: onnx.GraphProto, name: str, amax: float, nodes: list[onnx.NodeProto]) -> str:
+# -- what ONNX Runtime makes of it -------------------------------------------------------------------------------
+INTEGER_OPS = ("QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger")  # integer arithmetic in ORT's graph
+
+
+def onnxruntime_ops(model_path: str | Path) -> dict[str, int]:
+    """The operators of ONNX Runtime's optimized CPU graph of ``model_path`` (what it executes), counted.
+
+    Read from the graph ONNX Runtime writes with ``optimized_model_filepath`` at ``ORT_ENABLE_EXTENDED`` (the
+    level that applies the QDQ fusions; ``ALL`` only adds layout changes specific to this machine's CPU)."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="ecm-ort-graph-") as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath)
+    counts: dict[str, int] = {}
+    for node in optimized.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def quantization_entry(model_path: str | Path) -> dict[str, Any]:
+    """The manifest's ``quantization`` entry of an INT8 graph: its layout, and how many of its quantized
+    convolutions ONNX Runtime (this version, CPU) runs as integer operators."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(model_path))
+    producers = {name: node.op_type for node in model.graph.node for name in node.output}
+    convs = conv_nodes(model)
+    quantized = [conv for conv in convs if producers.get(conv.input[1]) == "DequantizeLinear"]
+    ops = onnxruntime_ops(model_path)
+    return {"layout": "qdq-conv-in-out", "weights": "int8 symmetric per output channel",
+            "activations": "int8 symmetric per tensor", "quantized_convs": len(quantized),
+            "float_convs": len(convs) - len(quantized),
+            "onnxruntime": ort.__version__,
+            "onnxruntime_integer_ops": sum(ops.get(op, 0) for op in INTEGER_OPS),
+            "onnxruntime_ops": ops}
+
+
+def _quantize_activation(graph: onnx.GraphProto, name: str, amax: float, nodes: list[onnx.NodeProto],
+                         restored: str | None = None) -> str:
+    """Append ``name → QuantizeLinear → DequantizeLinear → restored`` (default ``<name>_dq``) to ``nodes``."""
     scale = np.float32(max(amax, 1e-12) / INT8_MAX)
     graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), f"{name}_act_scale"),
                               numpy_helper.from_array(np.array(0, np.int8), f"{name}_act_zero")])
-    quantized, restored = f"{name}_q", f"{name}_dq"
+    quantized, restored = f"{name}_q", restored or f"{name}_dq"
     nodes.append(helper.make_node("QuantizeLinear", [name, f"{name}_act_scale", f"{name}_act_zero"], [quantized],
                                   name=f"quantize_{name}"))
     nodes.append(helper.make_node("DequantizeLinear", [quantized, f"{name}_act_scale", f"{name}_act_zero"],

@@ -173,7 +173,8 @@ class _Context:
         parts += [f"--set {item}" for item in self.request.overrides]
         return " ".join(parts)
 
-    def manifest(self, graph: str, precision: str, calibration: dict[str, Any] | None = None) -> Manifest:
+    def manifest(self, graph: str, precision: str, calibration: dict[str, Any] | None = None,
+                 quantization: dict[str, Any] | None = None) -> Manifest:
         dims = self.deploy.model.dims
         inputs, outputs = graph_specs(graph, dims.feature_dim, dims.num_classes)
         versions = build_versions()
@@ -183,7 +184,7 @@ class _Context:
             topk=dims.topk if graph == "offline" else None, opset=self.request.opset,
             streaming=dict(STREAMING_CONTRACT) if graph == "streaming" else None, versions=versions,
             requires={"onnxruntime": onnxruntime_requirement(self.request.opset, versions.get("onnxruntime"))},
-            calibration=calibration,
+            calibration=calibration, quantization=quantization,
             source={"weights": str(self.weights), "weights_sha256": self.weights_sha256, "config": self.cfg.name},
             rebuild=self.rebuild_command(precision))
 
@@ -243,13 +244,19 @@ class _Context:
         return videos, source
 
     def quantize_int8(self, graph: str, fp32_path: Path, calibration: Any) -> Path:
-        from ecm_edge.export.int8 import quantize_qdq
+        from ecm_edge.export.int8 import quantization_entry, quantize_qdq
 
         started = time.perf_counter()
         path = self.path(graph, "int8")
         _save_onnx(quantize_qdq(onnx.load(str(fp32_path)), calibration), path)
-        self.finish(path, self.manifest(graph, "int8", calibration.manifest_entry()))
-        self.report(f"onnx {graph} int8 (Q/DQ)", path, started)
+        entry = quantization_entry(path)
+        if entry["onnxruntime_integer_ops"] < entry["quantized_convs"]:
+            log.warning("ONNX Runtime %s runs only %d of the %d int8 convolutions of %s as integer operators; on a "
+                        "CPU this graph is no faster than FP32", entry["onnxruntime"],
+                        entry["onnxruntime_integer_ops"], entry["quantized_convs"], path.name)
+        self.finish(path, self.manifest(graph, "int8", calibration.manifest_entry(), entry))
+        self.report(f"onnx {graph} int8 (Q/DQ, {entry['onnxruntime_integer_ops']} of {entry['quantized_convs']} "
+                    "convolutions integer in ONNX Runtime)", path, started)
         return path
 
     def build_engines(self, onnx_paths: dict[str, Path]) -> None:

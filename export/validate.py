@@ -6,7 +6,8 @@
 - **mAP**: each artifact's offline outputs on a dataset split (clips resampled uniformly to T_fixed, as the
   offline pipeline does) go through the same post-processing and evaluation as the torch model's; FP16 should stay
   within :data:`MAP_MARGIN_POINTS` ``["fp16"]`` mAP@0.5 points of FP32, INT8 within ``["int8"]``.
-- **Latency**: seconds per call of each artifact for several clip lengths T, through the artifact's engine.
+- **Latency**: seconds per call of each artifact for several clip lengths T (offline graph) or batches of
+  5-snippet windows (streaming graph), through the artifact's engine.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ecm_edge.architecture import STREAM_WINDOW
 from ecm_edge.config import Config
 from ecm_edge.data.dataset import VideoDataset, resample_features
 from ecm_edge.errors import DataError
@@ -231,4 +233,17 @@ def measure_latency(engine: EngineBase, feature_dim: int, lengths: Sequence[int]
         features = np.maximum(rng.standard_normal((1, length, feature_dim), dtype=np.float32), 0)
         times = time_call(lambda f=features: engine.infer(f), repeat=repeat, warmup=WARMUP_CALLS)
         result[int(length)] = float(np.median(times) * 1e3)
+    return result
+
+
+def measure_stream_latency(engine: EngineBase, feature_dim: int, batches: Sequence[int], repeat: int = 5,
+                           seed: int = 0) -> dict[int, float]:
+    """Median milliseconds of one streaming call ``[B, 5, D]`` (B windows of the streaming head's width, one new
+    column each) per batch size B (after :data:`WARMUP_CALLS` untimed calls)."""
+    rng = np.random.default_rng(seed)
+    result = {}
+    for batch in batches:
+        features = np.maximum(rng.standard_normal((batch, STREAM_WINDOW, feature_dim), dtype=np.float32), 0)
+        times = time_call(lambda f=features: engine.infer(f), repeat=repeat, warmup=WARMUP_CALLS)
+        result[int(batch)] = float(np.median(times) * 1e3)
     return result

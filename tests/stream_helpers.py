@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 D, H, C = 32, 48, 4
 CLASS_NAMES = ["walk", "jump", "wave", "sit"]
@@ -33,3 +34,15 @@ def save_features_with_an_action(path: Path) -> Path:
     x[30:60] += 3 * rng.normal(size=D).astype(np.float32)
     np.save(path, x)
     return path
+
+
+def assert_same_events(got: list[dict], expected: list[dict]) -> None:
+    """Same events in the same order; floats may differ in the last rounded digit (float32 sums)."""
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            if isinstance(a[key], float):
+                assert a[key] == pytest.approx(b[key], abs=2e-5), (key, a, b)
+            else:
+                assert a[key] == b[key], (key, a, b)

@@ -23,7 +23,7 @@ def test_mapped_folders_import_under_ecm_edge(module):
 def test_runtime_imports_without_torch():
     runtime = ["ecm_edge.config", "ecm_edge.cli.main", "ecm_edge.data.dataset", "ecm_edge.data.synth",
                "ecm_edge.evaluation", "ecm_edge.postprocess", "ecm_edge.kernels.cpu", "ecm_edge.rawpred",
-               "ecm_edge.manifest", "ecm_edge.runtime.engines", "ecm_edge.runtime.localizer",
+               "ecm_edge.manifest", "ecm_edge.runtime.engines", "ecm_edge.runtime.localizer", "ecm_edge.runtime.engine",
                "ecm_edge.runtime.sources", "ecm_edge.runtime.extractors", "ecm_edge.runtime.sinks", "ecm_edge.viz"]
     code = (f"import sys, importlib; [importlib.import_module(m) for m in {runtime!r}];"
             "from ecm_edge import Localizer;"

@@ -17,6 +17,7 @@ PARTS: dict[str, tuple[str, str]] = {
     "eval": ("ecm_edge.bench.eval", "run"),
     "postprocess": ("ecm_edge.bench.postprocess", "run"),
     "stream": ("ecm_edge.bench.stream", "run"),
+    "streams": ("ecm_edge.bench.streams", "run"),
     "extractors": ("ecm_edge.bench.extractors", "run"),
     "score_sources": ("ecm_edge.bench.score_sources", "run"),
 }

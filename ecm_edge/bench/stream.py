@@ -90,8 +90,9 @@ def run(quick: bool) -> BenchSection:
 
 
 # -- artifacts ---------------------------------------------------------------------------------------------------
-def _make_artifacts(folder: Path, d: int, h: int, c: int) -> tuple[Path, Path | None]:
-    """A deploy folder with random weights (torch writes it) and, where onnx is installed, its export."""
+def save_random_deploy(folder: Path, d: int, h: int, c: int) -> Path:
+    """A deploy folder with random weights (seed 0; torch writes it) and the thumos14 config at the THUMOS14
+    training rate :data:`COLUMNS_PER_SNIPPET`, as a training run records it."""
     try:
         import torch
 
@@ -101,10 +102,15 @@ def _make_artifacts(folder: Path, d: int, h: int, c: int) -> tuple[Path, Path | 
         raise MissingDependencyError("torch", "writing the benchmark's model", "pip install 'ecm-edge[train]'") \
             from None
     cfg = load_config("thumos14", [f"data.feature_dim={d}", f"model.hidden_dim={h}", f"model.num_classes={c}",
-                                   f"stream.columns_per_snippet={COLUMNS_PER_SNIPPET}"])  # as training records it
+                                   f"stream.columns_per_snippet={COLUMNS_PER_SNIPPET}"])
     torch.manual_seed(0)
-    deploy_dir = folder / "run"
-    save_deploy(ECM(ECMDims.from_config(cfg)).eval(), [f"class{i}" for i in range(c)], cfg, deploy_dir)
+    save_deploy(ECM(ECMDims.from_config(cfg)).eval(), [f"class{i}" for i in range(c)], cfg, folder)
+    return folder
+
+
+def _make_artifacts(folder: Path, d: int, h: int, c: int) -> tuple[Path, Path | None]:
+    """A deploy folder with random weights and, where onnx is installed, its export."""
+    deploy_dir = save_random_deploy(folder / "run", d, h, c)
     try:
         from ecm_edge.export.pipeline import ExportRequest, run_export
     except ImportError as exc:

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from ecm_edge.cli.main import info
 from ecm_edge.cli.options import config_options, renamed_option
 from ecm_edge.errors import EcmEdgeError
+from ecm_edge.runtime.engines import PRECISION_CHOICES
 from ecm_edge.runtime.localizer import HEAD_ENGINES, Localizer
 from ecm_edge.runtime.sinks import JsonlSink, SinkLoss, WebhookSink
 
@@ -51,6 +52,10 @@ STOP_DEADLINE_S = 4.0  # after a stop request: the process ends by then even if 
 @renamed_option("--engine", "--backend", "engine", type=click.Choice(HEAD_ENGINES), default="auto", show_default=True,
                 help="What runs the head: numpy (deploy folder, one column per snippet), onnxruntime / tensorrt "
                      "(export folder), torch; auto picks numpy for a deploy folder, else what the machine has.")
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
+              help="Which precision of an export folder runs the head; auto: the fastest here (int8 on a CPU with "
+                   "integer dot-product instructions when the folder has int8 graphs, else fp32; never fp16 on a "
+                   "CPU), said in the log and in `stats` events.")
 @click.option("--extractor", default="tiny", show_default=True,
               help="Feature extractor for video input: tiny, or i3d with --backbone-artifact.")
 @click.option("--backbone-artifact", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -66,7 +71,7 @@ STOP_DEADLINE_S = 4.0  # after a stop request: the process ends by then even if 
 @config_options(default=None)
 @click.pass_context
 def stream(ctx: click.Context, camera: int | None, video: Path | None, url: str | None, features: Path | None,
-           artifacts: Path, engine: str, extractor: str, backbone_artifact: Path | None,
+           artifacts: Path, engine: str, precision: str, extractor: str, backbone_artifact: Path | None,
            flow_artifact: Path | None, out: str, webhook: str | None, spool: Path | None, no_realtime: bool,
            config_name: str | None, overrides: tuple[str, ...]) -> None:
     """Localize actions live; JSON events (segment, stats, source_lost, ...) one per line.
@@ -82,7 +87,7 @@ def stream(ctx: click.Context, camera: int | None, video: Path | None, url: str 
     options = {k: v for k, v in (("artifact", backbone_artifact), ("flow_artifact", flow_artifact)) if v}
     localizer = Localizer.from_artifacts(artifacts, engine, config=config_name, overrides=overrides,
                                          extractor=None if features is not None else extractor,
-                                         extractor_options=options)
+                                         extractor_options=options, precision=precision)
     cfg = localizer.config
     out_sink = localizer.add_sink(JsonlSink(out))
     if webhook is not None:
@@ -102,7 +107,7 @@ def stream(ctx: click.Context, camera: int | None, video: Path | None, url: str 
     except BaseException:
         localizer.close()
         raise
-    info(f"stream: {source.description} → {localizer.engine} head from {artifacts}, "
+    info(f"stream: {source.description} → {localizer.engine} {localizer.precision} head from {artifacts}, "
          f"{len(localizer.class_names)} classes, {localizer.resampler.rate:g} columns per snippet; "
          f"events to {'stdout' if out == '-' else out}{f' and {webhook}' if webhook else ''}")
     with _graceful_stop() as stop:

@@ -12,6 +12,9 @@ Types and fields (times in seconds; ``start``/``end``/``time`` on the source's c
   snippet), ``snippets`` (processed so far), ``dropped_frames``, ``step_ms_p50`` / ``step_ms_p99`` (head +
   post-processing per snippet over the recent steps).
 
+Events of a stream served by a many-stream ``ecm_edge.runtime.engine.StreamEngine`` also carry ``source`` (the
+id the stream was added under); every other field is the same as a one-stream ``Localizer``'s.
+
 On the wire (JSONL and webhook sinks) every event also carries ``id``: unique, assigned once when the event is
 first handed to the sinks, and unchanged by webhook retries and spool re-sends (the webhook also sends it as the
 ``Idempotency-Key`` header), so a receiver can drop an event it has already seen. It is ``<run>-<n>``: a random
@@ -42,6 +45,7 @@ EVENT_TYPES = (SEGMENT, SEGMENT_OPEN, SOURCE_LOST, SOURCE_RESTORED, STATS)
 STEP_HISTORY = 1000  # step latencies kept for the percentiles of `stats`
 
 ID_KEY = "id"
+SOURCE_KEY = "source"
 _RUN_TOKEN = uuid.uuid4().hex[:12]  # one per process: ids of different runs never collide
 _COUNTER = itertools.count()  # next() is atomic under the GIL: ids stay unique across threads
 
@@ -67,6 +71,13 @@ def stats_event(fps: float, snippets: int, dropped_frames: int, step_ms_p50: flo
     return {"type": STATS, "fps": round(float(fps), 2), "snippets": int(snippets),
             "dropped_frames": int(dropped_frames), "step_ms_p50": round(float(step_ms_p50), 3),
             "step_ms_p99": round(float(step_ms_p99), 3), "emitted_at": time.time()}
+
+
+def from_source(events: list[Event], source: str) -> list[Event]:
+    """Mark the events one stream of a many-stream engine produced with its ``source`` (in place; returned)."""
+    for event in events:
+        event[SOURCE_KEY] = source
+    return events
 
 
 def new_event_id() -> str:

@@ -20,6 +20,10 @@ classifier), so it is final once snippet t+2 has arrived. The layer shapes, the 
   last two columns — come from the full graph on the first / last four snippets, which sees exactly the zero
   padding of the offline pass.
 
+:class:`BatchedColumnHead` is :class:`ColumnHead` for many streams in one process: per-stream state in arrays over
+slots, and every layer evaluated for all streams' new columns with one matrix product (the batched head of
+``ecm_edge.runtime.engine.StreamEngine``).
+
 :func:`full_cas` is the offline pass in numpy (the oracle of the tests and the "recompute everything" baseline of
 the benchmark).
 
@@ -32,7 +36,7 @@ Both heads also give the transition weights ``W = sigmoid(conv1x1(CAS))`` of the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -207,6 +211,10 @@ def _zeros(columns: int, dim: int) -> np.ndarray:
     return np.zeros((columns, dim), np.float32)
 
 
+CONTEXT = KERNEL_SIZE - 1
+"""Columns a layer keeps between calls: the left part of the next K-column window."""
+
+
 class _ConvMatrices:
     """One matrix product per layer, ``windows [N, K·F] @ [H, K·F]ᵀ``, on views of the weights (no copies: a large
     head keeps its weights once)."""
@@ -219,11 +227,20 @@ class _ConvMatrices:
 
     def hidden(self, inputs: np.ndarray) -> np.ndarray:
         """conv1 + LeakyReLU over every valid K-window of input columns ``[L, D]`` → ``[L − K + 1, H]``."""
-        return _leaky(_windows(inputs) @ self.conv1 + self.bias1, self.slope)
+        return self.hidden_of_windows(_windows(inputs))
 
     def cas(self, hidden: np.ndarray) -> np.ndarray:
         """conv2 + LeakyReLU + classifier over every valid K-window of hidden columns → ``[L − K + 1, C]``."""
-        return _leaky(_windows(hidden) @ self.conv2 + self.bias2, self.slope) @ self.classifier
+        return self.cas_of_windows(_windows(hidden))
+
+    def hidden_of_windows(self, windows: np.ndarray) -> np.ndarray:
+        """conv1 + LeakyReLU of flattened input windows ``[N, K·D]`` (from :func:`_windows`, of any number of
+        streams stacked) → ``[N, H]``."""
+        return _leaky(windows @ self.conv1 + self.bias1, self.slope)
+
+    def cas_of_windows(self, windows: np.ndarray) -> np.ndarray:
+        """conv2 + LeakyReLU + classifier of flattened hidden windows ``[N, K·H]`` → ``[N, C]``."""
+        return _leaky(windows @ self.conv2 + self.bias2, self.slope) @ self.classifier
 
 
 def full_cas(weights: HeadWeights, features: np.ndarray) -> np.ndarray:
@@ -287,7 +304,7 @@ class ColumnHead:
     def _advance(self, inputs: np.ndarray, end: bool) -> np.ndarray:
         """Evaluate the windows that ``inputs`` (the kept columns + new ones) complete; keep the last K − 1 input
         and hidden columns, the context of the next window."""
-        context = KERNEL_SIZE - 1
+        context = CONTEXT
         new_hidden = self._mats.hidden(inputs) if len(inputs) >= KERNEL_SIZE else inputs[:0, :0]
         self._inputs = inputs[-context:]
         parts = [self._hidden] + ([new_hidden] if len(new_hidden) else [])
@@ -298,6 +315,137 @@ class ColumnHead:
         if len(hidden) < KERNEL_SIZE:
             return np.zeros((0, self.num_classes), np.float32)
         return self._mats.cas(hidden)
+
+
+class BatchedColumnHead:
+    """:class:`ColumnHead` for many streams at once: one matrix product per layer for all of them.
+
+    A stream lives in a *slot*, an index into state arrays over slots that hold what :class:`ColumnHead` holds
+    per stream: the last :data:`CONTEXT` input columns ``[S, CONTEXT, D]``, the last :data:`CONTEXT` hidden columns
+    ``[S, CONTEXT, H]`` (right-aligned, with a count of the valid ones: a fresh stream holds only the one zero
+    column of the left padding) and the snippets received. :meth:`push_many` stacks the windows that every
+    slot's new columns complete, multiplies the stack with each layer's weights once (``_ConvMatrices``, the
+    layer math :class:`ColumnHead` runs) and splits the result back per slot. One stream at a time, each column
+    re-reads every layer's weights, so a large head is bound by memory bandwidth; stacked, the weights are read
+    once per call for all streams.
+
+    Each slot's columns equal :class:`ColumnHead`'s on the same snippets, the borders included, to float32
+    rounding (the matrix library may sum a row in another order when the product has another number of rows).
+    Slots are the caller's to allocate (``ecm_edge.runtime.engine.StreamEngine`` does); :meth:`reset` starts a
+    stream in a slot and grows the arrays when the slot lies beyond them.
+    """
+
+    def __init__(self, weights: HeadWeights, capacity: int = 1):
+        self.weights = weights
+        self.feature_dim, self.num_classes = weights.feature_dim, weights.num_classes
+        self._mats = _ConvMatrices(weights)
+        self._inputs = np.zeros((0, CONTEXT, self.feature_dim), np.float32)
+        self._hidden = np.zeros((0, CONTEXT, weights.hidden_dim), np.float32)
+        self._input_count = np.zeros(0, np.int64)  # valid (right-aligned) columns of each slot's context
+        self._hidden_count = np.zeros(0, np.int64)
+        self._received = np.zeros(0, np.int64)
+        self._grow(max(1, capacity))
+
+    @property
+    def capacity(self) -> int:
+        """Slots the state arrays hold now (they grow on :meth:`reset`)."""
+        return len(self._received)
+
+    def received(self, slot: int) -> int:
+        """Snippets the stream in ``slot`` has received since its last reset."""
+        return int(self._received[self._checked(slot)])
+
+    def reset(self, slot: int) -> None:
+        """Start a new stream in ``slot``: the left zero padding only, nothing received."""
+        if slot < 0:
+            raise ValueError(f"slots are non-negative, got {slot}")
+        if slot >= self.capacity:
+            self._grow(max(slot + 1, 2 * self.capacity))
+        self._inputs[slot] = 0.0
+        self._hidden[slot] = 0.0
+        self._input_count[slot] = self._hidden_count[slot] = PADDING
+        self._received[slot] = 0
+
+    def push_many(self, slots: Sequence[int], features: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Append ``features[i]`` (snippets ``[N_i, D]``, N_i ≥ 0) to the stream in ``slots[i]``; return each
+        slot's CAS columns ``[M_i, C]`` that became final, in the order of ``slots``."""
+        if len(slots) != len(features):
+            raise ValueError(f"push_many got {len(slots)} slots but {len(features)} feature arrays")
+        if len(set(slots)) != len(slots):
+            raise ValueError(f"push_many got a slot more than once: {sorted(slots)}")
+        columns = [_check_features(x, self.feature_dim) for x in features]
+        for slot, x in zip(slots, columns, strict=True):
+            self._received[self._checked(slot)] += len(x)
+        return self._advance(list(slots), columns, end=False)
+
+    def flush(self, slot: int) -> np.ndarray:
+        """End the stream in ``slot``: its remaining CAS columns (zero padding at the end); the slot starts
+        afresh."""
+        return self.flush_many([slot])[0]
+
+    def flush_many(self, slots: Sequence[int]) -> list[np.ndarray]:
+        """:meth:`flush` for several slots with one product per layer; their columns in the order of ``slots``."""
+        if len(set(slots)) != len(slots):
+            raise ValueError(f"flush_many got a slot more than once: {sorted(slots)}")
+        ended = [slot for slot in slots if self._received[self._checked(slot)] > 0]
+        cas = dict(zip(ended, self._advance(ended, [_zeros(PADDING, self.feature_dim)] * len(ended), end=True),
+                       strict=True))
+        for slot in slots:
+            self.reset(slot)
+        return [cas.get(slot, np.zeros((0, self.num_classes), np.float32)) for slot in slots]
+
+    def _advance(self, slots: list[int], new_inputs: list[np.ndarray], end: bool) -> list[np.ndarray]:
+        """:meth:`ColumnHead._advance` for every slot at once: each layer's windows of all slots in one
+        product; keep each slot's last :data:`CONTEXT` input and hidden columns."""
+        inputs = [np.concatenate([self._context(self._inputs, self._input_count, s), x])
+                  for s, x in zip(slots, new_inputs, strict=True)]
+        new_hidden = self._layer(self._mats.hidden_of_windows, inputs, self.weights.hidden_dim)
+        for slot, columns in zip(slots, inputs, strict=True):
+            self._keep(self._inputs, self._input_count, slot, columns)
+        end_pad = [_zeros(PADDING, self.weights.hidden_dim)] if end else []
+        hidden = [np.concatenate([self._context(self._hidden, self._hidden_count, s), h, *end_pad])
+                  for s, h in zip(slots, new_hidden, strict=True)]
+        cas = self._layer(self._mats.cas_of_windows, hidden, self.num_classes)
+        for slot, columns in zip(slots, hidden, strict=True):
+            self._keep(self._hidden, self._hidden_count, slot, columns)
+        return cas
+
+    @staticmethod
+    def _layer(layer: Callable[[np.ndarray], np.ndarray], columns: list[np.ndarray], out_dim: int
+               ) -> list[np.ndarray]:
+        """``layer`` on the valid K-windows of every slot's columns, stacked into one product, split back."""
+        windows = [_windows(c) if len(c) >= KERNEL_SIZE else np.zeros((0, KERNEL_SIZE * c.shape[1]), np.float32)
+                   for c in columns]
+        counts = [len(w) for w in windows]
+        if sum(counts) == 0:
+            return [np.zeros((0, out_dim), np.float32) for _ in columns]
+        return np.split(layer(np.concatenate(windows)), np.cumsum(counts)[:-1])
+
+    @staticmethod
+    def _context(state: np.ndarray, count: np.ndarray, slot: int) -> np.ndarray:
+        """The valid context columns of ``slot``: the last ``count[slot]`` rows of its state."""
+        return state[slot, CONTEXT - count[slot]:]
+
+    @staticmethod
+    def _keep(state: np.ndarray, count: np.ndarray, slot: int, columns: np.ndarray) -> None:
+        """Store the last (up to) :data:`CONTEXT` of ``columns`` as the slot's context, right-aligned."""
+        kept = min(len(columns), CONTEXT)
+        state[slot, CONTEXT - kept:] = columns[len(columns) - kept:]
+        count[slot] = kept
+
+    def _checked(self, slot: int) -> int:
+        if not 0 <= slot < self.capacity:
+            raise ValueError(f"slot {slot} was never reset (capacity {self.capacity}); reset(slot) starts a stream")
+        return slot
+
+    def _grow(self, capacity: int) -> None:
+        """Enlarge the state arrays to ``capacity`` slots, keeping the existing slots' state."""
+        extra = capacity - self.capacity
+        self._inputs = np.concatenate([self._inputs, np.zeros((extra, *self._inputs.shape[1:]), np.float32)])
+        self._hidden = np.concatenate([self._hidden, np.zeros((extra, *self._hidden.shape[1:]), np.float32)])
+        self._input_count = np.concatenate([self._input_count, np.full(extra, PADDING, np.int64)])
+        self._hidden_count = np.concatenate([self._hidden_count, np.full(extra, PADDING, np.int64)])
+        self._received = np.concatenate([self._received, np.zeros(extra, np.int64)])
 
 
 class WindowRunner(Protocol):

@@ -17,7 +17,11 @@
   column of work per snippet; ``engine="torch"`` runs the same weights through torch instead;
 - an **export folder** (``ecm.onnx`` + ``ecm.stream.onnx`` with their manifests, from ``ecm-edge export``): the
   exported graphs run by ONNX Runtime or TensorRT (``engine="onnxruntime"`` / ``"tensorrt"``; ``auto`` picks
-  what the machine has), one 5-snippet window per snippet (:class:`~ecm_edge.runtime.head.WindowHead`).
+  what the machine has), one 5-snippet window per snippet (:class:`~ecm_edge.runtime.head.WindowHead`), in the
+  precision ``precision=`` names or, with ``auto``, the fastest one here
+  (:func:`ecm_edge.runtime.engines.choose_precision`: int8 on a CPU with integer dot-product instructions when the
+  folder has int8 graphs that ONNX Runtime runs as integer convolutions, else fp32; never fp16 on a CPU). The
+  choice and its reason are logged and carried by every ``stats`` event (``precision``, ``precision_reason``).
 
 Class names and the config (thresholds, horizon, the rate ``stream.columns_per_snippet`` at which snippets are
 resampled for the head, ``ecm_edge.runtime.resample``) come from the folder; ``config=`` / ``overrides=`` refine
@@ -48,7 +52,9 @@ from ecm_edge.config import Config, apply_override, config_from_stored, load_con
 from ecm_edge.deploy_format import META_NAME, WEIGHTS_NAME, is_deploy_folder
 from ecm_edge.errors import CheckpointError, ConfigError, DataError, EcmEdgeError
 from ecm_edge.kernels.score_rows import missing_weights_message
+from ecm_edge.manifest import read_manifest
 from ecm_edge.runtime import events as ev
+from ecm_edge.runtime.engines import PrecisionChoice
 from ecm_edge.runtime.head import (
     ColumnHead,
     StreamingHead,
@@ -57,6 +63,7 @@ from ecm_edge.runtime.head import (
 from ecm_edge.runtime.online import OnlineParams, OnlinePostProcessor
 from ecm_edge.runtime.resample import AUTO, ColumnResampler, columns_per_snippet, parse_columns_per_snippet
 from ecm_edge.runtime.sinks import CallbackSink, EventDispatcher, Sink
+from ecm_edge.runtime.snippets import snippet_times
 
 log = logging.getLogger("ecm_edge")
 
@@ -68,10 +75,12 @@ class Localizer:
     """Streaming ECM: keeps the head, the causal post-processing and the event sinks of one stream."""
 
     def __init__(self, head: StreamingHead, class_names: Sequence[str], config: Config, *,
-                 extractor: Any = None, sinks: Iterable[Sink] = (), engine: str = "custom"):
+                 extractor: Any = None, sinks: Iterable[Sink] = (), engine: str = "custom",
+                 precision: str = "fp32", precision_reason: str = ""):
         if len(class_names) != head.num_classes:
             raise ConfigError(f"{len(class_names)} class names for a head with {head.num_classes} classes")
         self.head, self.class_names, self.config, self.engine = head, list(class_names), config, engine
+        self.precision, self.precision_reason = precision, precision_reason
         self.snippet_seconds = config.data.snippet_seconds
         self.resampler = ColumnResampler(columns_per_snippet(config))
         self.post = OnlinePostProcessor(OnlineParams.from_config(config, self.resampler.rate), self.class_names)
@@ -91,8 +100,11 @@ class Localizer:
     @classmethod
     def from_artifacts(cls, path: str | Path, engine: str = "auto", *, config: Config | str | Path | None = None,
                        overrides: Sequence[str] = (), extractor: Any = None,
-                       extractor_options: dict[str, Any] | None = None, sinks: Iterable[Sink] = ()) -> Localizer:
-        """Load a deploy or export folder once (see the module doc); ``engine`` is one of :data:`HEAD_ENGINES`.
+                       extractor_options: dict[str, Any] | None = None, sinks: Iterable[Sink] = (),
+                       precision: str = "auto") -> Localizer:
+        """Load a deploy or export folder once (see the module doc); ``engine`` is one of :data:`HEAD_ENGINES`,
+        ``precision`` one of :data:`~ecm_edge.runtime.engines.PRECISION_CHOICES` (export folders; deploy weights
+        run in fp32).
 
         ``extractor`` (needed for :meth:`push_frames`): a registry name (``tiny`` is sized to the model; ``i3d``
         takes ``extractor_options={"artifact": "i3d.onnx"}``) or an extractor object.
@@ -105,14 +117,17 @@ class Localizer:
         if not folder.is_dir():
             raise CheckpointError(f"artifacts folder {folder} does not exist; pass a training run folder "
                                   "(runs/train/NAME) or an export folder (runs/export/NAME)")
-        head, class_names, stored_config, chosen = load_head(folder, engine)
+        head, class_names, stored_config, chosen, choice = load_head(folder, engine, precision)
         cfg = _resolve_config(stored_config, config, overrides, folder)
         _check_feature_dim(cfg, head, folder)
         if extractor is not None:
             extractor = make_extractor(extractor, head.feature_dim, **(extractor_options or {}))
-        log.debug("localizer: %s head from %s, %d classes, D = %d", chosen, folder, head.num_classes,
-                  head.feature_dim)
-        return cls(head, class_names, cfg, extractor=extractor, sinks=sinks, engine=chosen)
+        # the choice among an export folder's precisions is news; deploy weights always run in fp32
+        log.log(logging.DEBUG if choice.kind == "weights" else logging.INFO, "localizer: %s head from %s in %s",
+                chosen, folder, choice.describe())
+        log.debug("localizer: %d classes, D = %d", head.num_classes, head.feature_dim)
+        return cls(head, class_names, cfg, extractor=extractor, sinks=sinks, engine=chosen,
+                   precision=choice.precision, precision_reason=choice.reason)
 
     # -- sinks ------------------------------------------------------------------------------------------------
     def on_event(self, callback: Callable[[ev.Event], Any]) -> Callable[[ev.Event], Any]:
@@ -190,9 +205,14 @@ class Localizer:
         return events
 
     def stats_event(self) -> ev.Event:
-        """A ``stats`` event for the interval since the last one."""
+        """A ``stats`` event for the interval since the last one (with the head's precision and why)."""
         with self._lock:
-            return self.stats.event(self.dropped_frames)
+            return self._stats_event()
+
+    def _stats_event(self) -> ev.Event:
+        event = self.stats.event(self.dropped_frames)
+        event.update(precision=self.precision, precision_reason=self.precision_reason)
+        return event
 
     def close(self) -> None:
         """Deliver what is queued, close the sinks and release the head (does not flush; leaving a ``with``
@@ -242,7 +262,7 @@ class Localizer:
         events = self.post.push(cas, [t[0] for t in times], [t[1] for t in times], nows, weights=self._head_weights())
         self.stats.record((time.perf_counter() - began) / len(features), len(features), frames)
         if self.stats.due(self.config.stream.stats_every_s):
-            events.append(self.stats.event(self.dropped_frames))
+            events.append(self._stats_event())
         self.dispatcher.publish(events)
         return events
 
@@ -258,16 +278,8 @@ class Localizer:
 
     def _feature_times(self, n: int, start_time: float | None,
                        end_times: Sequence[float] | None) -> tuple[list[float], list[float]]:
-        step = self.snippet_seconds
-        first = self._clock if start_time is None else float(start_time)
-        if end_times is not None:
-            if len(end_times) != n:
-                raise DataError(f"push_features got {n} snippets but {len(end_times)} end times")
-            ends = [float(t) for t in end_times]
-            starts = [first, *ends[:-1]]
-        else:
-            starts = [first + i * step for i in range(n)]
-            ends = [s + step for s in starts]
+        starts, ends = snippet_times(self._clock, n, self.snippet_seconds, start_time, end_times,
+                                     where="push_features")
         if n:
             self._clock = ends[-1]
         return starts, ends
@@ -300,17 +312,25 @@ def make_extractor(spec: Any, feature_dim: int, **options: Any) -> Any:
 
 
 # -- loading artifacts ----------------------------------------------------------------------------------------
-def load_head(folder: Path, engine: str) -> tuple[StreamingHead, list[str], dict[str, Any] | None, str]:
-    """The head for ``engine`` from a deploy or export folder: (head, class names, stored config, engine)."""
+def load_head(folder: Path, engine: str, precision: str = "auto"
+              ) -> tuple[StreamingHead, list[str], dict[str, Any] | None, str, PrecisionChoice]:
+    """The head for ``engine`` from a deploy or export folder: (head, class names, stored config, engine, the
+    precision it runs and why)."""
+    if engine == "numpy" or engine == "torch" or (engine == "auto" and is_deploy_folder(folder)):
+        runner = "torch" if engine == "torch" else "numpy"
+        if precision not in ("auto", "fp32"):
+            raise ConfigError(f"precision {precision} needs an export folder (`ecm-edge export --precision "
+                              f"{precision}`); the {runner} head runs the deploy weights of {folder} in fp32")
+        choice = PrecisionChoice("fp32", "weights", f"run in float32 by the {runner} head")
     if engine == "numpy" or (engine == "auto" and is_deploy_folder(folder)):
         if not is_deploy_folder(folder):
             raise CheckpointError(f"engine numpy needs deploy weights ({WEIGHTS_NAME} + {META_NAME}) in {folder}; "
                                   "pass a training run folder or choose --engine onnxruntime for an export folder")
         weights, meta = load_head_weights(folder)
-        return ColumnHead(weights), list(meta["class_names"]), meta.get("config"), "numpy"
+        return ColumnHead(weights), list(meta["class_names"]), meta.get("config"), "numpy", choice
     if engine == "torch":
-        return _torch_head(folder)
-    return _exported_head(folder, engine)
+        return (*_torch_head(folder), choice)
+    return _exported_head(folder, engine, precision)
 
 
 def _torch_head(folder: Path) -> tuple[StreamingHead, list[str], dict[str, Any] | None, str]:
@@ -322,20 +342,22 @@ def _torch_head(folder: Path) -> tuple[StreamingHead, list[str], dict[str, Any] 
     return engine_class("torch").streaming_head(folder)
 
 
-def _exported_head(folder: Path, engine: str) -> tuple[StreamingHead, list[str], dict[str, Any] | None, str]:
-    """The offline and streaming graphs of an export folder, same kind and precision, verified and loaded."""
-    from ecm_edge.manifest import read_manifest
-    from ecm_edge.runtime.engines import load_engine, select_artifact
+def _exported_head(folder: Path, engine: str, precision: str = "auto"
+                   ) -> tuple[StreamingHead, list[str], dict[str, Any] | None, str, PrecisionChoice]:
+    """The offline and streaming graphs of an export folder in the chosen kind and precision
+    (:func:`~ecm_edge.runtime.engines.choose_precision`), verified and loaded."""
+    from ecm_edge.runtime.engines import choose_precision, load_engine, select_artifact
     from ecm_edge.runtime.head import EngineRunner, WindowHead
 
     kind = {"onnxruntime": "onnx", "tensorrt": "engine"}.get(engine)
-    offline_path = select_artifact(folder, "offline", kind=kind)
+    choice = choose_precision(folder, precision, kind)
+    offline_path = select_artifact(folder, "offline", precision=choice.precision, kind=choice.kind)
+    streaming_path = select_artifact(folder, "streaming", precision=choice.precision, kind=choice.kind)
     manifest = read_manifest(offline_path)
-    streaming_path = select_artifact(folder, "streaming", precision=manifest.precision, kind=manifest.kind)
     runner = EngineRunner(load_engine(offline_path, engine), load_engine(streaming_path, engine))
     head = WindowHead(runner, int(manifest.feature["dim"]), len(manifest.class_names))
     log.debug("exported head: %s + %s on %s", offline_path.name, streaming_path.name, runner.offline.name)
-    return head, list(manifest.class_names), _exported_config(manifest, folder), runner.offline.name
+    return head, list(manifest.class_names), _exported_config(manifest, folder), runner.offline.name, choice
 
 
 def _exported_config(manifest: Any, folder: Path) -> dict[str, Any] | None:

@@ -17,17 +17,33 @@ per source frame that fills a slot, so full-resolution frames are never held six
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ecm_edge.config import DataConfig, StreamConfig
+from ecm_edge.errors import DataError
 from ecm_edge.runtime.sources import Frame
 
 logger = logging.getLogger("ecm_edge")
 
 _TIME_EPS = 1e-9  # seconds; slot times and frame times closer than this are the same instant
+
+
+def snippet_times(clock: float, n: int, snippet_seconds: float, start_time: float | None = None,
+                  end_times: Sequence[float] | None = None, where: str = "push") -> tuple[list[float], list[float]]:
+    """Source start and end of ``n`` pushed snippets of features: consecutive snippets from ``start_time`` (default:
+    where the previous push ended, ``clock``), each ``snippet_seconds`` long unless ``end_times`` gives their ends
+    (then each starts where the previous one ended). ``where`` names the caller in the error of a length mismatch."""
+    first = clock if start_time is None else float(start_time)
+    if end_times is not None:
+        if len(end_times) != n:
+            raise DataError(f"{where} got {n} snippets but {len(end_times)} end times")
+        ends = [float(t) for t in end_times]
+        return [first, *ends[:-1]], ends
+    starts = [first + i * snippet_seconds for i in range(n)]
+    return starts, [s + snippet_seconds for s in starts]
 
 
 @dataclass

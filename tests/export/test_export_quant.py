@@ -16,8 +16,10 @@ from ecm_edge.data.dataset import VideoDataset
 from ecm_edge.data.synth import SynthSettings, generate_dataset
 from ecm_edge.errors import DataError, EcmEdgeError
 from ecm_edge.export.int8 import (
+    INTEGER_OPS,
     AbsRange,
     CalibrationMethod,
+    SignedRange,
     calibrate,
     calibration_key,
     check_calibration_videos,
@@ -66,24 +68,71 @@ def test_int8_artifacts_are_written_with_calibration_in_their_manifests(int8_exp
     assert (root / "out" / "calibration" / f"{manifest.calibration['cache_key']}.json").is_file()
 
 
+def _pair_before(node_input: str, producers, inits) -> tuple[onnx.NodeProto, onnx.NodeProto]:
+    """The QuantizeLinear → DequantizeLinear pair that produces ``node_input``, checked per tensor, symmetric."""
+    dq = producers[node_input]
+    q = producers[dq.input[0]]
+    assert (q.op_type, dq.op_type) == ("QuantizeLinear", "DequantizeLinear")
+    assert list(q.input[1:]) == list(dq.input[1:])  # one scale, one zero point: a matched pair
+    scale, zero = inits[dq.input[1]], inits[dq.input[2]]
+    assert scale.shape == () and scale > 0 and zero.shape == () and zero.dtype == np.int8 and zero == 0
+    return q, dq
+
+
 @pytest.mark.parametrize("graph", ["offline", "streaming"])
-def test_every_conv_has_explicit_symmetric_qdq(int8_export, graph):
+def test_int8_qdq_placement_is_the_one_integer_kernels_fuse(int8_export, graph):
+    """conv1 and conv2: DQ(Q(x)) on the input, a DQ'd per-channel int8 weight, Q → DQ right after the output, and
+    nothing in between (the layout ONNX Runtime's QDQ → QLinearConv fusion and TensorRT's explicit quantization
+    both take); the pointwise classifier and transition stay float32."""
     _, result, _, _, _ = int8_export
     model = onnx.load(str(result.artifact(graph, "int8")))
     nodes = list(model.graph.node)
     producers = {out: node for node in nodes for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     convs = [n for n in nodes if n.op_type == "Conv"]
     assert len(convs) == 4  # conv1, conv2, classifier, transition
-    for conv in convs:
-        act_dq, weight_dq = producers[conv.input[0]], producers[conv.input[1]]
-        assert act_dq.op_type == weight_dq.op_type == "DequantizeLinear"
-        assert producers[act_dq.input[0]].op_type == "QuantizeLinear"
-        assert inits[act_dq.input[1]].shape == () and inits[act_dq.input[2]] == 0  # per tensor, symmetric
+    for conv in convs[:2]:
+        _, act_dq = _pair_before(conv.input[0], producers, inits)
+        assert consumers[act_dq.output[0]] == [conv]
+        weight_dq = producers[conv.input[1]]
+        assert weight_dq.op_type == "DequantizeLinear" and consumers[weight_dq.output[0]] == [conv]
         weight, scale, zero = (inits[name] for name in weight_dq.input)
         assert weight.dtype == np.int8 and np.abs(weight).max() == 127  # the largest weight maps to ±127
-        assert scale.shape == (weight.shape[0],) and not zero.any()  # per output channel, symmetric
+        assert scale.shape == (weight.shape[0],) and zero.dtype == np.int8 and not zero.any()  # per out channel
         assert next(a.i for a in weight_dq.attribute if a.name == "axis") == 0
+        assert conv.input[2] in inits and inits[conv.input[2]].dtype == np.float32  # the bias stays float
+        (out_q,) = consumers[conv.output[0]]
+        assert out_q.op_type == "QuantizeLinear"
+        (out_dq,) = consumers[out_q.output[0]]
+        _pair_before(out_dq.output[0], producers, inits)
+        assert [n.op_type for n in consumers[out_dq.output[0]]] == ["LeakyRelu"]
+    for conv in convs[2:]:
+        assert producers.get(conv.input[0]) is None or producers[conv.input[0]].op_type != "DequantizeLinear"
+        assert inits[conv.input[1]].dtype == np.float32
+    ops = [n.op_type for n in nodes]
+    assert ops.count("QuantizeLinear") == 4 and ops.count("DequantizeLinear") == 6
+
+
+@pytest.mark.parametrize("graph", ["offline", "streaming"])
+def test_onnxruntime_runs_the_int8_convolutions_as_integer_operators(int8_export, graph, tmp_path):
+    """ONNX Runtime's optimized graph, saved by ONNX Runtime itself, has integer convolutions where the Q/DQ
+    pairs were, and the manifest records it."""
+    _, result, _, _, _ = int8_export
+    path = result.artifact(graph, "int8")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    integer = [op for op in ops if op in INTEGER_OPS]
+    assert len(integer) == 2, ops  # conv1 and conv2
+    assert sum(op in ("Conv", "FusedConv") for op in ops) == 2, ops  # the float classifier and transition
+    entry = verify_artifact(path, precision="int8").quantization
+    assert entry["quantized_convs"] == entry["onnxruntime_integer_ops"] == 2 and entry["float_convs"] == 2
 
 
 def test_int8_stays_close_to_fp32_on_real_features(int8_export):
@@ -185,3 +234,13 @@ def test_abs_range_percentile_and_widening():
     assert estimator.amax(CalibrationMethod("minmax")) == 999
     assert estimator.counts.sum() == 1000
     assert estimator.amax(CalibrationMethod("percentile", 90.0)) == pytest.approx(900, abs=3)
+
+
+def test_output_range_is_chosen_for_the_activation_that_follows():
+    """A pre-activation range spends its grid where the LeakyReLU keeps the values: the positive side."""
+    estimator = SignedRange()
+    estimator.add(np.linspace(0, 10, 10_000, dtype=np.float32))
+    estimator.add(-np.linspace(0, 100, 10_000, dtype=np.float32))
+    relu, leaky, identity = estimator.amax_after(0.0), estimator.amax_after(0.01), estimator.amax_after(1.0)
+    assert relu == pytest.approx(10, abs=0.5)  # negatives do not matter after a ReLU
+    assert relu < leaky < identity and identity > 95  # without an activation: the whole range

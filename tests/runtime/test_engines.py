@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import json
 import subprocess
 import sys
 
@@ -12,11 +13,20 @@ import pytest
 import torch
 
 from ecm_edge.config import load_config
-from ecm_edge.errors import CheckpointError, DataError, EcmEdgeError
+from ecm_edge.errors import CheckpointError, ConfigError, DataError, EcmEdgeError
 from ecm_edge.export.pipeline import ExportRequest, run_export
-from ecm_edge.runtime.engines import Engine, engine_for, list_artifacts, load_engine, select_artifact
+from ecm_edge.runtime.engines import (
+    Engine,
+    choose_precision,
+    engine_for,
+    list_artifacts,
+    load_engine,
+    precision_report,
+    select_artifact,
+)
 from ecm_edge.runtime.engines.cuda_buffers import device_pointer, stream_handle
 from ecm_edge.runtime.engines.onnxruntime_engine import choose_providers
+from ecm_edge.runtime.localizer import Localizer
 from ecm_edge.train.deploy import save_deploy
 from ecm_edge.train.model import ECM, ECMDims
 
@@ -220,6 +230,125 @@ def test_runtime_engines_run_without_torch(export_dir):
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- which precision runs -------------------------------------------------------------------------------------------
+VNNI, AVX2_ONLY, NO_INT8 = {"AVX2", "AVX512VNNI"}, {"AVX2"}, {"SSE2", "SSE41"}
+
+
+@pytest.fixture(scope="module")
+def precisions_dir(export_dir):
+    """One export folder with fp32, fp16 and int8 graphs of the export_dir weights (int8 calibrated on a small
+    synthetic dataset of the same D)."""
+    from ecm_edge.data.synth import SynthSettings, generate_dataset
+
+    root, _, _ = export_dir
+    generate_dataset(root / "data", SynthSettings.from_preset("small", num_classes=C, feature_dim=D, num_videos=12))
+    for precision in ("int8", "fp16"):
+        run_export(ExportRequest(root / "run", root / "all", precision=precision, calib_data=root / "data",
+                                 engine=False))
+    return root / "all"
+
+
+def test_auto_runs_int8_on_a_cpu_with_integer_dot_products_and_fp32_otherwise(precisions_dir):
+    for features_, isa in ((VNNI, "AVX512-VNNI"), (AVX2_ONLY, "AVX2")):
+        choice = choose_precision(precisions_dir, cpu_features=features_)
+        assert (choice.precision, choice.kind) == ("int8", "onnx") and isa in choice.reason
+    choice = choose_precision(precisions_dir, cpu_features=NO_INT8)
+    assert choice.precision == "fp32" and "integer dot-product" in choice.reason
+
+
+def test_auto_never_picks_fp16_on_a_cpu(export_dir):
+    root, _, _ = export_dir  # fp32 and fp16 only
+    for features_ in (VNNI, NO_INT8):
+        choice = choose_precision(root / "out", cpu_features=features_)
+        assert choice.precision == "fp32" and "no int8" in choice.reason
+
+
+def test_an_explicit_precision_is_honoured_or_refused(precisions_dir, export_dir):
+    for precision in ("fp32", "fp16", "int8"):
+        choice = choose_precision(precisions_dir, precision, cpu_features=NO_INT8)
+        assert (choice.precision, choice.kind) == (precision, "onnx") and choice.reason.startswith("asked for")
+    assert "slower than fp32" in choose_precision(precisions_dir, "fp16").reason
+    root, _, _ = export_dir
+    with pytest.raises(CheckpointError, match=r"no int8 onnx artifacts .* --precision int8"):
+        choose_precision(root / "out", "int8")
+    with pytest.raises(EcmEdgeError, match="unknown precision"):
+        choose_precision(root / "out", "bf16")
+
+
+def test_int8_graphs_without_integer_convolutions_are_not_chosen(precisions_dir, tmp_path):
+    """An int8 export of an older ecm-edge (Q/DQ that ONNX Runtime runs in float; its manifest records no
+    integer convolutions) is no faster than fp32: auto keeps fp32 and says to re-export."""
+    for path in precisions_dir.iterdir():
+        if path.is_file():
+            (tmp_path / path.name).write_bytes(path.read_bytes())
+    for graph in ("", ".stream"):
+        sidecar = tmp_path / f"ecm{graph}.int8.onnx.json"
+        manifest = json.loads(sidecar.read_text())
+        manifest.pop("quantization")
+        sidecar.write_text(json.dumps(manifest))
+    choice = choose_precision(tmp_path, cpu_features=VNNI)
+    assert choice.precision == "fp32" and "re-export" in choice.reason
+
+
+def test_localizer_says_which_precision_runs_and_why(precisions_dir, monkeypatch):
+    monkeypatch.setattr("ecm_edge.runtime.engines.cpu_int8_instructions", lambda features=None: "AVX2")
+    overrides = ("stream.stats_every_s=1e-9",)
+    x = features(1, 12)[0]
+    for precision, expected, reason in (("auto", "int8", "AVX2"), ("fp32", "fp32", "asked for")):
+        localizer = Localizer.from_artifacts(precisions_dir, precision=precision, overrides=overrides)
+        assert (localizer.engine, localizer.precision) == ("onnxruntime", expected)
+        assert localizer.head.runner.offline.manifest.precision == expected
+        stats = [e for e in localizer.push_features(x) if e["type"] == "stats"]
+        localizer.close()
+        assert stats[-1]["precision"] == expected and reason in stats[-1]["precision_reason"]
+    with pytest.raises(ConfigError, match="needs an export folder"):
+        Localizer.from_artifacts(precisions_dir.parent / "run", precision="int8")
+
+
+def test_stream_cli_honours_precision(precisions_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from ecm_edge.cli.stream import stream
+
+    np.save(tmp_path / "features.npy", features(1, 12)[0])
+    out = tmp_path / "events.jsonl"
+    result = CliRunner().invoke(stream, ["--features", str(tmp_path / "features.npy"), "--artifacts",
+                                         str(precisions_dir), "--precision", "fp16", "--no-realtime", "--out",
+                                         str(out), "--set", "stream.stats_every_s=1e-9"])
+    assert result.exit_code == 0, result.output
+    stats = [json.loads(line) for line in out.read_text().splitlines() if '"stats"' in line]
+    assert stats and {e["precision"] for e in stats} == {"fp16"}
+
+
+def test_streaming_graphs_take_a_batch_of_windows(precisions_dir):
+    """A many-streams engine batches one window per stream: the streaming graph's batch axis is dynamic."""
+    x = features(8, 5, seed=5)
+    for precision in ("fp32", "int8"):
+        runner = load_engine(select_artifact(precisions_dir, "streaming", precision, kind="onnx"))
+        assert runner.manifest.inputs[0].shape[0] == "batch"
+        batched = runner.infer(x)["cas"]
+        assert batched.shape == (8, 1, C)
+        for i in (0, 7):
+            np.testing.assert_allclose(batched[i], runner.infer(x[i:i + 1])["cas"][0], atol=1e-5)
+
+
+def test_checks_lists_what_each_precision_runs_here(precisions_dir):
+    from click.testing import CliRunner
+
+    from ecm_edge.cli.checks import checks
+
+    result = CliRunner().invoke(checks, ["--json", "--artifacts", str(precisions_dir)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert {"cpu int8", "precision fp32", "precision fp16", "precision int8", "precision auto"} <= set(report)
+    assert str(precisions_dir) in report["precision auto"]
+    assert "slower than fp32" in report["precision fp16"]
+    lines = precision_report(precisions_dir, cpu_features=NO_INT8)
+    assert "no faster than fp32" in lines["int8"] and lines["auto"].startswith("fp32")
+    lines = precision_report(cpu_features=VNNI)
+    assert "QLinearConv" in lines["int8"] and lines["auto"].startswith("int8")
 
 
 # -- GPU ---------------------------------------------------------------------------------------------------------

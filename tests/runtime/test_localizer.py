@@ -9,6 +9,7 @@ import threading
 
 import numpy as np
 import pytest
+from stream_helpers import assert_same_events as assert_same
 
 import ecm_edge
 from ecm_edge.config import load_config
@@ -68,16 +69,8 @@ def comparable(events: list[dict], without: tuple[str, ...] = ("emitted_at",)) -
 
 
 def assert_same_events(got: list[dict], expected: list[dict], without: tuple[str, ...] = ("emitted_at",)) -> None:
-    """Same events in the same order; scores and times may differ in the last rounded digit (float32 sums)."""
-    got, expected = comparable(got, without), comparable(expected, without)
-    assert len(got) == len(expected)
-    for a, b in zip(got, expected, strict=True):
-        assert a.keys() == b.keys()
-        for key in a:
-            if isinstance(a[key], float):
-                assert a[key] == pytest.approx(b[key], abs=2e-5), (key, a, b)
-            else:
-                assert a[key] == b[key], (key, a, b)
+    """Same events in the same order, without the fields named; floats to float32 rounding."""
+    assert_same(comparable(got, without), comparable(expected, without))
 
 
 def stream_all(localizer: Localizer, features: np.ndarray, chunk: int) -> list[dict]:

@@ -18,7 +18,16 @@ versions), then offers:
   ``__cuda_array_interface__``) in and out, on the caller's CUDA stream, where ``supports_device_buffers`` is true.
 
 The engine of an artifact is found by its suffix (``auto``) or named; :func:`select_artifact` picks one file from
-an export folder by graph and precision.
+an export folder by graph and precision, and :func:`choose_precision` decides which precision of an export folder
+a head runs (``auto``: the fastest on this machine, with the reason; docs/design.md §6):
+
+- a TensorRT engine where TensorRT can run one (fp16, then int8, then fp32);
+- on a CPU through ONNX Runtime: **int8** when the folder holds int8 graphs whose quantized convolutions ONNX
+  Runtime runs as integer operators (the manifest's ``quantization`` entry, recorded at export) and the CPU has
+  integer dot-product instructions (:func:`ecm_edge.environment.cpu_int8_instructions`: AVX-VNNI/AVX512-VNNI,
+  AVX2, Arm dot product); **fp32** otherwise. **fp16** is never chosen on a CPU (ONNX Runtime has few float16
+  CPU kernels and converts around them: slower than fp32), only when asked for;
+- ONNX Runtime on a GPU (its CUDA provider): fp32; the int8 rule is about CPU kernels.
 """
 
 from __future__ import annotations
@@ -27,11 +36,13 @@ import importlib
 import importlib.util
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from ecm_edge.environment import cpu_int8_instructions, cuda_gpu_visible
 from ecm_edge.errors import CheckpointError, DataError, EcmEdgeError
 from ecm_edge.manifest import Manifest, read_manifest
 
@@ -232,5 +243,155 @@ def _tensorrt_importable() -> bool:
     return importlib.util.find_spec("tensorrt") is not None
 
 
-__all__ = ["ENGINES", "Engine", "EngineBase", "engine_class", "engine_for", "list_artifacts", "load_engine",
-           "select_artifact"]
+# -- which precision a head runs ----------------------------------------------------------------------------------
+PRECISION_CHOICES = ("auto", "fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The precision (and artifact kind) a head of an export folder runs, and why."""
+
+    precision: str  # "fp32" | "fp16" | "int8"
+    kind: str  # "onnx" | "engine" | "weights" (a deploy folder's weights, run by numpy or torch)
+    reason: str
+
+    def describe(self) -> str:
+        what = {"engine": "TensorRT engines", "onnx": "ONNX graphs"}.get(self.kind, "deploy weights")
+        return f"{self.precision} {what} ({self.reason})"
+
+
+def choose_precision(folder: str | Path, precision: str = "auto", kind: str | None = None,
+                     cpu_features: set[str] | None = None) -> PrecisionChoice:
+    """Which precision of the export ``folder`` to run: ``precision`` when one is named (it must exist for both
+    graphs), else the rule of the module doc. ``kind``: ``onnx`` or ``engine`` only; ``cpu_features``: the
+    CPU's features as :func:`~ecm_edge.environment.cpu_features` names them (None: this CPU's)."""
+    if precision not in PRECISION_CHOICES:
+        raise EcmEdgeError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+    folder = Path(folder)
+    manifests = list_artifacts(folder)
+    complete = _complete_pairs(manifests)
+    kinds = [kind] if kind is not None else (["engine"] if _tensorrt_importable() else []) + ["onnx"]
+    if precision != "auto":
+        for k in kinds:
+            if (k, precision) in complete:
+                note = ""
+                if precision == "fp16" and k == "onnx" and not _onnxruntime_gpu():
+                    note = "; fp16 on a CPU is slower than fp32 there"
+                    log.warning("running fp16 ONNX graphs on the CPU because fp16 was asked for; fp32 is faster there")
+                return PrecisionChoice(precision, k, f"asked for{note}")
+        raise CheckpointError(f"no {precision} {' or '.join(kinds)} artifacts of both graphs (offline and "
+                              f"streaming) in {folder}; export them with `ecm-edge export --checkpoint RUN "
+                              f"--precision {precision} -o {folder}`, or choose another --precision")
+    if "engine" in kinds:
+        for candidate in ("fp16", "int8", "fp32"):
+            if ("engine", candidate) in complete:
+                return PrecisionChoice(candidate, "engine", "TensorRT engine: TensorRT is installed and the folder "
+                                                            f"has {candidate} engines of both graphs")
+    if "onnx" not in kinds or not any(k == "onnx" for k, _ in complete):
+        what = "TensorRT engines" if kinds == ["engine"] else "artifacts"
+        raise CheckpointError(f"no {what} of both graphs (offline and streaming) in {folder}; export them with "
+                              f"`ecm-edge export --checkpoint RUN -o {folder}`")
+    if _onnxruntime_gpu():
+        return _onnx_fallback(complete, "ONNX Runtime runs on the GPU (CUDA provider); the int8 rule is for CPUs")
+    if ("onnx", "int8") not in complete:
+        return _onnx_fallback(complete, "CPU; the folder has no int8 graphs")
+    fused = _int8_fuses(manifests)
+    if fused is not None:
+        return _onnx_fallback(complete, fused)
+    instructions = cpu_int8_instructions(cpu_features)
+    if instructions is None:
+        return _onnx_fallback(complete, "CPU without integer dot-product instructions (AVX2, AVX-VNNI, "
+                                        "AVX512-VNNI, Arm dot product): int8 would be no faster")
+    return PrecisionChoice("int8", "onnx", f"CPU with {instructions}: ONNX Runtime runs the int8 graphs' "
+                                           "convolutions as integer operators")
+
+
+def precision_report(folder: str | Path | None = None, cpu_features: set[str] | None = None) -> dict[str, str]:
+    """What each precision would run on this machine, and what ``auto`` picks (for ``folder``, an export
+    folder, from its artifacts): the lines ``ecm-edge checks`` prints."""
+    instructions = cpu_int8_instructions(cpu_features)
+    tensorrt = _tensorrt_importable() and cuda_gpu_visible()
+    engine = "TensorRT engine on the GPU where the folder has one, else " if tensorrt else ""
+    if _onnxruntime_gpu():
+        report = {"fp32": f"{engine}ONNX Runtime CUDA provider, float32",
+                  "fp16": f"{engine}ONNX Runtime CUDA provider, float16",
+                  "int8": f"{engine}ONNX Runtime CUDA provider (Q/DQ)"}
+        rule = "fp32 ONNX (GPU through ONNX Runtime)"
+    else:
+        report = {"fp32": f"{engine}ONNX Runtime CPU, float32 convolutions",
+                  "fp16": f"{engine}ONNX Runtime CPU, float16: slower than fp32 on a CPU, only when asked for",
+                  "int8": f"{engine}ONNX Runtime CPU, " + (
+                      f"integer convolutions (QLinearConv) on {instructions}" if instructions else
+                      "no integer dot-product instructions: no faster than fp32")}
+        rule = (f"int8 where an export folder has int8 graphs ({instructions}), else fp32" if instructions
+                else "fp32 (this CPU has no integer dot-product instructions)")
+    if tensorrt:
+        rule = "TensorRT engines (fp16, int8, fp32) where the folder has them, else " + rule
+    if folder is None:
+        report["auto"] = rule
+    else:
+        try:
+            report["auto"] = f"{choose_precision(folder, cpu_features=cpu_features).describe()} from {folder}"
+        except CheckpointError as exc:
+            report["auto"] = f"nothing to run in {folder}: {exc}"
+    return report
+
+
+def _complete_pairs(manifests: list[Manifest]) -> set[tuple[str, str]]:
+    """(kind, precision) of which both graphs are present."""
+    graphs: dict[tuple[str, str], set[str]] = {}
+    for m in manifests:
+        graphs.setdefault((m.kind, m.precision), set()).add(m.graph)
+    return {key for key, present in graphs.items() if present >= {"offline", "streaming"}}
+
+
+def _onnx_fallback(complete: set[tuple[str, str]], reason: str) -> PrecisionChoice:
+    """fp32 ONNX (always exported), else int8, else fp16."""
+    for candidate in ("fp32", "int8", "fp16"):
+        if ("onnx", candidate) in complete:
+            note = "" if candidate == "fp32" else f"; the folder has no fp32 graphs, so {candidate}"
+            return PrecisionChoice(candidate, "onnx", reason + note)
+    raise CheckpointError("no ONNX artifacts of both graphs")  # not reached: the caller checked
+
+
+def _int8_fuses(manifests: list[Manifest]) -> str | None:
+    """None when every int8 ONNX graph records that ONNX Runtime runs all its quantized convolutions as integer
+    operators; else the reason not to choose int8."""
+    for m in manifests:
+        if m.kind != "onnx" or m.precision != "int8":
+            continue
+        entry = m.quantization or {}
+        if "onnxruntime_integer_ops" not in entry:
+            return (f"CPU; {m.artifact} records no integer convolutions (an int8 export of an older ecm-edge, "
+                    "whose Q/DQ ONNX Runtime runs in float: no faster than fp32); re-export with --precision int8")
+        if entry["onnxruntime_integer_ops"] < entry.get("quantized_convs", 1):
+            return (f"CPU; ONNX Runtime {entry.get('onnxruntime', '?')} ran only {entry['onnxruntime_integer_ops']} of "
+                    f"the {entry.get('quantized_convs')} int8 convolutions of {m.artifact} as integer operators")
+    return None
+
+
+def _onnxruntime_gpu() -> bool:
+    """ONNX Runtime would run on a GPU here: its CUDA provider is installed and a CUDA GPU is visible."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return False
+    return cuda_gpu_visible()
+
+
+__all__ = [
+    "ENGINES",
+    "PRECISION_CHOICES",
+    "Engine",
+    "EngineBase",
+    "PrecisionChoice",
+    "choose_precision",
+    "engine_class",
+    "engine_for",
+    "list_artifacts",
+    "load_engine",
+    "precision_report",
+    "select_artifact",
+]
