@@ -51,7 +51,7 @@ from ecm_edge.errors import CheckpointError, ConfigError, DataError, EcmEdgeErro
 from ecm_edge.kernels.score_rows import missing_weights_message
 from ecm_edge.runtime import events as ev
 from ecm_edge.runtime.head import BatchedColumnHead, HeadWeights, load_head_weights
-from ecm_edge.runtime.localizer import _check_feature_dim, _resolve_config
+from ecm_edge.runtime.localizer import artifact_config, match_feature_dim
 from ecm_edge.runtime.online import OnlineParams, OnlinePostProcessor
 from ecm_edge.runtime.resample import ColumnPlan, ColumnResampler, columns_per_snippet
 from ecm_edge.runtime.snippets import snippet_times
@@ -130,8 +130,8 @@ class StreamEngine:
                                   "has none; pass the training run folder (it runs the numpy head only for now, "
                                   "not export folders)")
         weights, meta = load_head_weights(folder)
-        cfg = _resolve_config(meta.get("config"), config, overrides, folder)
-        _check_feature_dim(cfg, weights, folder)
+        cfg = artifact_config(meta.get("config"), config, overrides, folder)
+        match_feature_dim(cfg, weights, folder)
         return cls(weights, meta["class_names"], cfg)
 
     # -- streams ----------------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ from ecm_edge.runtime import events as ev
 from ecm_edge.runtime.engines import PrecisionChoice
 from ecm_edge.runtime.head import (
     ColumnHead,
+    HeadWeights,
     StreamingHead,
     load_head_weights,
 )
@@ -118,8 +119,8 @@ class Localizer:
             raise CheckpointError(f"artifacts folder {folder} does not exist; pass a training run folder "
                                   "(runs/train/NAME) or an export folder (runs/export/NAME)")
         head, class_names, stored_config, chosen, choice = load_head(folder, engine, precision)
-        cfg = _resolve_config(stored_config, config, overrides, folder)
-        _check_feature_dim(cfg, head, folder)
+        cfg = artifact_config(stored_config, config, overrides, folder)
+        match_feature_dim(cfg, head, folder)
         if extractor is not None:
             extractor = make_extractor(extractor, head.feature_dim, **(extractor_options or {}))
         # the choice among an export folder's precisions is news; deploy weights always run in fp32
@@ -381,8 +382,10 @@ def _exported_config(manifest: Any, folder: Path) -> dict[str, Any] | None:
     return None
 
 
-def _resolve_config(stored: dict[str, Any] | None, config: Config | str | Path | None, overrides: Sequence[str],
+def artifact_config(stored: dict[str, Any] | None, config: Config | str | Path | None, overrides: Sequence[str],
                     folder: Path) -> Config:
+    """The config a stream of ``folder``'s model runs with: ``config`` (a Config, a name or a path) if given, else
+    the one the artifacts recorded (``stored``), then ``overrides``; an ``auto`` rate stays the trained one."""
     if isinstance(config, Config):
         cfg = copy.deepcopy(config)  # overrides and the recorded rate must not change the caller's object
     elif config is not None:
@@ -407,7 +410,8 @@ def _keep_training_rate(cfg: Config, stored: dict[str, Any] | None) -> None:
         cfg.stream.columns_per_snippet = str(recorded)
 
 
-def _check_feature_dim(cfg: Config, head: StreamingHead, folder: Path) -> None:
+def match_feature_dim(cfg: Config, head: StreamingHead | HeadWeights, folder: Path) -> None:
+    """The model's feature dimension wins over the config's (with a warning when they differ)."""
     if cfg.data.feature_dim != head.feature_dim:
         log.warning("config says data.feature_dim = %d but the model in %s takes %d-d features; using the model's",
                     cfg.data.feature_dim, folder, head.feature_dim)
