@@ -309,8 +309,9 @@ def check_ordered(cfg: Config, source: str) -> None:
     max), one line naming both keys and values."""
     for first, second in ORDERED:
         low, high = _get(cfg, first), _get(cfg, second)
-        if low > high or (first == "post.act_thresh_start" and low == high):
-            raise ConfigError(f"{source}: {first} ({low:g}) must be {'below' if low == high else 'at most'} "
+        strict = first == "post.act_thresh_start"  # an empty threshold range
+        if low > high or (strict and low == high):
+            raise ConfigError(f"{source}: {first} ({low:g}) must be {'below' if strict else 'at most'} "
                               f"{second} ({high:g})")
 
 
@@ -363,6 +364,15 @@ def config_from_stored(raw: Mapping[str, Any], source: str) -> Config:
     cfg = config_from_dict(stored, source=source)
     cfg.name = str(stored.get("name", "custom"))
     check_ordered(cfg, source)
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: typing.Sequence[str]) -> Config:
+    """Apply ``section.key=value`` overrides to a loaded or stored config, then check the ordered pairs once."""
+    for item in overrides:
+        apply_override(cfg, item)
+    if overrides:
+        check_ordered(cfg, "--set")
     return cfg
 
 

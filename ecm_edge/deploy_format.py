@@ -24,8 +24,8 @@ DEPLOY_FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 META_NAME = "model.json"
 SHA256_KEY = "weights_sha256"  # model.json's record of model.safetensors, checked at every load
-REBUILD_HINT = ("restore the run folder from a copy, or rebuild its deploy weights from the run's best.pt with "
-                "`ecm-edge train --redeploy RUN`")
+DEPLOY_REBUILD = "rebuild the deploy weights from the run's best.pt with `ecm-edge train --redeploy RUN`"
+REBUILD_HINT = f"restore the run folder from a copy, or {DEPLOY_REBUILD}"
 
 
 def read_deploy_meta(meta_path: str | Path) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def read_deploy_meta(meta_path: str | Path) -> dict[str, Any]:
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{meta_path} is corrupted ({exc}); re-run `ecm-edge train` or restore it") from None
+        raise CheckpointError(f"{meta_path} is corrupted ({exc}); {REBUILD_HINT}") from None
     if not isinstance(meta, dict) or meta.get("format") != DEPLOY_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{meta_path} is not an ecm-edge model description (format {found!r})")
@@ -51,7 +51,7 @@ def deploy_paths(folder: str | Path) -> tuple[Path, Path]:
                               f"a deploy folder needs both ({REBUILD_HINT})")
     if missing:
         raise CheckpointError(f"{folder} has no {WEIGHTS_NAME} + {META_NAME}; pass a training run folder "
-                              "(runs/train/NAME) or a folder written by `ecm-edge export`")
+                              "(runs/train/NAME)")
     return weights, meta
 
 

@@ -1,6 +1,6 @@
 """Raw predictions: the network's outputs for a set of videos, kept so post-processing can be re-run alone.
 
-``ecm-edge predict/eval --save-raw`` writes them, ``ecm-edge postprocess`` reads them: thresholds and modes are
+``ecm-edge predict --save-raw`` writes them, ``ecm-edge postprocess`` reads them: thresholds and modes are
 tuned in seconds, without the network. One ``.npz`` file (no pickles) with the keys
 
 - ``video_ids`` [N] str, ``class_names`` [C] str

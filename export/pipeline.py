@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ecm_edge.config import Config, apply_override
+from ecm_edge.config import Config, apply_overrides
 from ecm_edge.data.dataset import VideoDataset
 from ecm_edge.environment import cuda_gpu_visible
 from ecm_edge.errors import ConfigError, DataError
@@ -109,8 +109,7 @@ def run_export(request: ExportRequest, on_step: Callable[[Step], None] = lambda 
     weights = resolve_deploy_path(request.checkpoint)
     deploy = load_deploy(weights)
     cfg = deploy.config
-    for item in request.overrides:
-        apply_override(cfg, item)
+    apply_overrides(cfg, request.overrides)
     out_dir = Path(request.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = ExportResult(out_dir)

@@ -216,14 +216,6 @@ def streaming_parity(reference: EngineBase, candidate: EngineBase, precision: st
 
 
 # -- latency ----------------------------------------------------------------------------------------------------
-@dataclass
-class LatencyRow:
-    precision: str
-    engine: str
-    size_bytes: int
-    milliseconds: dict[int, float]  # T -> median ms per call (batch 1)
-
-
 def measure_latency(engine: EngineBase, feature_dim: int, lengths: Sequence[int] = LATENCY_LENGTHS,
                     repeat: int = 5, seed: int = 0) -> dict[int, float]:
     """Median milliseconds of one offline call ``[1, T, D]`` per T (after :data:`WARMUP_CALLS` untimed calls)."""

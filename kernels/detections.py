@@ -45,10 +45,6 @@ def sort_detections(dets: np.ndarray) -> np.ndarray:
     return dets[order]
 
 
-def detections_of_video(dets: np.ndarray, video: int) -> np.ndarray:
-    return dets[dets["video"] == video]
-
-
 def compare_detections(actual: np.ndarray, expected: np.ndarray, score_tol: float = 1e-5,
                        time_tol: float = 1e-9) -> str | None:
     """None when both hold the same segments (video, class, bounds; scores within ``score_tol``).

@@ -38,11 +38,12 @@ def check_score_source(source: str) -> str:
     return source
 
 
-def missing_weights_message(source: str, where: str) -> str:
-    """The error text when ``source`` needs transition weights that ``where`` does not provide."""
+def missing_weights_message(source: str, where: str, rebuild: str = "re-export the model with this version "
+                            "(`ecm-edge export`, or `ecm-edge predict --save-raw` for raw predictions)") -> str:
+    """The error text when ``source`` needs transition weights that ``where`` does not provide; ``rebuild`` says
+    how to make artifacts that have them."""
     return (f"post.score_source={source} needs the weight-transition output, but {where} has none (it was made "
-            "before ecm-edge shipped the `weights` output); re-export the model with this version (`ecm-edge "
-            "export`, or `ecm-edge predict --save-raw` for raw predictions), or use --set post.score_source=cas")
+            f"before ecm-edge shipped the `weights` output); {rebuild}, or use --set post.score_source=cas")
 
 
 def fuse_rows(cas: np.ndarray, weights: np.ndarray) -> np.ndarray:

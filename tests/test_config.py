@@ -173,7 +173,7 @@ def test_shipped_configs_and_defaults_are_within_their_ranges(name):
     ("stream.warmup=-1", "--set: stream.warmup must be in [0, inf), got -1"),
     ("stream.webhook_timeout_s=-1", "--set: stream.webhook_timeout_s must be in (0, inf), got -1.0"),
     ("eval.iou_thresholds=[0.5, 0]", "--set: eval.iou_thresholds must be in (0, 1], got 0.0"),
-    ("post.act_thresh_stop=0.001", "small: post.act_thresh_start (0.01) must be at most post.act_thresh_stop (0.001)"),
+    ("post.act_thresh_stop=0.001", "small: post.act_thresh_start (0.01) must be below post.act_thresh_stop (0.001)"),
     ("export.max_t=10", "small: export.opt_t (256) must be at most export.max_t (10)"),
 ])
 def test_out_of_range_values_are_one_line_errors_naming_key_value_and_range(override, message):
@@ -187,3 +187,13 @@ def test_stored_configs_are_range_checked_too():
     raw["post"]["nms_iou"] = 1.5
     with pytest.raises(ConfigError, match=r"model.json: post.nms_iou must be in \[0, 1\], got 1.5"):
         config_from_stored(raw, source="model.json")
+
+
+def test_overrides_on_a_stored_config_check_the_ordered_pairs_once_complete():
+    from ecm_edge.config import apply_overrides
+
+    cfg = config_from_stored(Config().to_dict(), source="model.json")
+    with pytest.raises(ConfigError, match=r"^--set: export.min_t \(5000\) must be at most export.opt_t \(750\)$"):
+        apply_overrides(cfg, ["export.min_t=5000"])
+    cfg = config_from_stored(Config().to_dict(), source="model.json")
+    assert apply_overrides(cfg, ["export.min_t=700", "export.opt_t=700"]).export.opt_t == 700  # complete, then checked

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ecm_edge.config import Config, apply_override
+from ecm_edge.config import Config, apply_overrides
 from ecm_edge.data.annotations import Annotations
 from ecm_edge.data.dataset import VideoDataset, resample_features
 from ecm_edge.data.features import load_npy, read_feature_file
@@ -192,8 +192,7 @@ def predict_dataset(checkpoint: str | Path, data_dir: str | Path, split: str = "
     """
     deployed = load_inference_model(checkpoint, device=device)
     cfg = deployed.config
-    for item in overrides:
-        apply_override(cfg, item)
+    apply_overrides(cfg, overrides)
     dataset = VideoDataset.open(data_dir, cfg, split)
     check_class_names(deployed.class_names, dataset.class_names, checkpoint, data_dir)
     try:

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ecm_edge.config import Config, apply_override, config_from_stored
+from ecm_edge.config import Config, apply_overrides, config_from_stored
 from ecm_edge.data.dataset import VideoDataset, resample_features
 from ecm_edge.data.rate import parse_columns_per_snippet, training_rate
 from ecm_edge.errors import CheckpointError, ConfigError, DataError, EcmEdgeError
@@ -508,6 +508,5 @@ def config_for_resume(run_dir: Path, overrides: tuple[str, ...] | list[str] = ()
     """The config a run was trained with (from ``last.pt``), plus ``overrides``; and its data folder."""
     checkpoint = load_checkpoint(run_dir / LAST_NAME)
     cfg = config_from_stored(checkpoint["config"], source=str(run_dir / LAST_NAME))
-    for item in overrides:
-        apply_override(cfg, item)
+    apply_overrides(cfg, overrides)
     return cfg, checkpoint.get("data_dir")

@@ -39,7 +39,7 @@ def run(quick: bool = False) -> BenchSection:
         with tempfile.TemporaryDirectory(prefix="ecm-bench-export-") as tmp:
             rows += _run(Path(tmp), dim, settings, notes)
     batches = settings["batches"]
-    headers = (["head", "model", "backend", "size MB", "cas max abs err", "video_scores max abs err",
+    headers = (["head", "model", "engine", "size MB", "cas max abs err", "video_scores max abs err",
                 f"offline ms T={T_FIXED}"] + [f"stream ms B={b}" for b in batches]
                + [f"speed-up vs torch T={T_FIXED}"])
     notes += [f"C={NUM_CLASSES}; random weights (seed {SEED}); offline: one [1, {T_FIXED}, D] "

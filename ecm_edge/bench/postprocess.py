@@ -190,8 +190,8 @@ def run(quick: bool) -> BenchSection:
     if "cuda" not in _timed_kernels():
         notes.append("cuda: no CUDA GPU visible here; scripts/gpu_check.sh measures it on a GPU machine.")
     # the report's words (title, first column) stay those of the README's published tables
-    return BenchSection("Post-processing backends (THUMOS14-like inputs)",
-                        ["backend", "videos/s", "ms/video", "speedup vs numpy", "first call s",
+    return BenchSection("Post-processing kernels (THUMOS14-like inputs)",
+                        ["kernels", "videos/s", "ms/video", "speedup vs numpy", "first call s",
                          "latency ms (1 video)", "detections", "identical"], rows, notes)
 
 

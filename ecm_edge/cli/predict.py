@@ -43,7 +43,7 @@ def predict(checkpoint: Path, features_path: Path, output: Path, save_raw: Path 
 
     from tqdm import tqdm
 
-    from ecm_edge.config import apply_override
+    from ecm_edge.config import apply_overrides
     from ecm_edge.rawpred import detections_from_raw
     from ecm_edge.train.distributed import DistContext
     from ecm_edge.train.inference import load_inference_model, predict_files_raw
@@ -52,8 +52,7 @@ def predict(checkpoint: Path, features_path: Path, output: Path, save_raw: Path 
     resolve_device(device, DistContext())
     deployed = load_inference_model(checkpoint, device=device)
     cfg = deployed.config
-    for item in overrides:
-        apply_override(cfg, item)
+    apply_overrides(cfg, overrides)
     files = feature_files(features_path)
     show = sys.stderr.isatty() if progress is None else progress
     with tqdm(total=len(files), desc="predict", unit="video", disable=not show) as bar:

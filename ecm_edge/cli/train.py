@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from ecm_edge.cli.main import info
-from ecm_edge.cli.options import config_options, resolve_config
+from ecm_edge.cli.options import config_options
 from ecm_edge.errors import EcmEdgeError
 
 logger = logging.getLogger("ecm_edge")
@@ -43,11 +43,10 @@ SELECTION_METRIC = "map_avg"
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes for DistributedDataParallel (runs torchrun; gloo on CPU, NCCL on GPU).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None, hidden=True)
 @click.pass_context
 def train(ctx: click.Context, config_name: str, overrides: tuple[str, ...], data_dir: Path | None, name: str | None,
-          project: str, device: str, resume: str | None, redeploy: str | None, nproc: int, progress: bool | None,
-          run_dir: Path | None) -> None:
+          project: str, device: str, resume: str | None, redeploy: str | None, nproc: int,
+          progress: bool | None) -> None:
     """Train ECM (docs/design.md §3) with Adam, evaluating mAP on held-out training videos every epoch.
 
     \b
@@ -60,7 +59,7 @@ def train(ctx: click.Context, config_name: str, overrides: tuple[str, ...], data
       ecm-edge train --redeploy runs/train/exp
     """
     from ecm_edge.train import trainer
-    from ecm_edge.train.worker import train_process
+    from ecm_edge.train.worker import resolve_run, train_process
 
     if redeploy:
         from ecm_edge.train.deploy import rebuild_deploy
@@ -69,17 +68,12 @@ def train(ctx: click.Context, config_name: str, overrides: tuple[str, ...], data
         info(f"deploy weights rebuilt: {weights} (+ {weights.with_name('model.json').name})")
         return
 
-    if resume:
-        run_dir = trainer.find_resume_dir(resume, project) if run_dir is None else run_dir
-        if ctx.get_parameter_source("config_name") is not click.core.ParameterSource.DEFAULT:
-            logger.warning("--config is ignored with --resume: the run continues with its own config "
-                           "(--set overrides still apply)")
-        cfg, stored_data = trainer.config_for_resume(run_dir, overrides)
-        data_dir = data_dir or (Path(stored_data) if stored_data else None)
-    else:
-        cfg = resolve_config(config_name, overrides)
-    if data_dir is None:
+    if resume and ctx.get_parameter_source("config_name") is not click.core.ParameterSource.DEFAULT:
+        logger.warning("--config is ignored with --resume: the run continues with its own config "
+                       "(--set overrides still apply)")
+    if data_dir is None and not resume:
         raise click.UsageError("--data DIR is required (the dataset folder to train on)")
+    cfg, data_dir, run_dir = resolve_run(config_name, overrides, data_dir, project, resume, None)
 
     under_torchrun = "WORLD_SIZE" in os.environ
     if nproc > 1 and not under_torchrun:

@@ -11,7 +11,7 @@ engine owns N streams, each in a *slot* of one :class:`~ecm_edge.runtime.head.Ba
     engine.add_stream("cam-2")
     while running:
         engine.push("cam-1", features_1)                 # [n, D] snippets, queued (thread-safe, never waits)
-        engine.push("cam-2", features_2, start_time=t0)
+        engine.push("cam-2", features_2)                 # each source's clock continues from its last push
         for event in engine.step():                      # one tick: every stream with new snippets
             print(event["source"], event["type"], event.get("label"))
     engine.close()                                       # flushes every stream
@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from ecm_edge.config import Config
-from ecm_edge.deploy_format import META_NAME, WEIGHTS_NAME, is_deploy_folder
+from ecm_edge.deploy_format import DEPLOY_REBUILD, META_NAME, WEIGHTS_NAME, is_deploy_folder
 from ecm_edge.errors import CheckpointError, ConfigError, DataError, EcmEdgeError
 from ecm_edge.kernels.score_rows import missing_weights_message
 from ecm_edge.runtime import events as ev
@@ -108,7 +108,8 @@ class StreamEngine:
         self.rate = columns_per_snippet(config)
         self.params = OnlineParams.from_config(config, self.rate)
         if self.params.score_source != "cas" and weights.transition_weight is None:
-            raise EcmEdgeError(missing_weights_message(self.params.score_source, "the deploy weights"))
+            raise EcmEdgeError(missing_weights_message(self.params.score_source, "the deploy weights",
+                                                       DEPLOY_REBUILD))
         self.queue_limit = config.stream.queue_snippets
         self._streams: dict[str, _Stream] = {}
         self._free_slots: list[int] = []  # a heap: the lowest free slot is reused first

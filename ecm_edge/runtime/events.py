@@ -10,7 +10,8 @@ Types and fields (times in seconds; ``start``/``end``/``time`` on the source's c
 - ``source_lost`` / ``source_restored``: a live source dropped out / came back (fields from the source).
 - ``stats``: ``fps`` (input frames per second over the last interval; for feature input, snippets × frames per
   snippet), ``snippets`` (processed so far), ``dropped_frames``, ``step_ms_p50`` / ``step_ms_p99`` (head +
-  post-processing per snippet over the recent steps).
+  post-processing per snippet over the recent steps), ``precision`` / ``precision_reason``
+  (which graph runs and why).
 
 Events of a stream served by a many-stream ``ecm_edge.runtime.engine.StreamEngine`` also carry ``source`` (the
 id the stream was added under); every other field is the same as a one-stream ``Localizer``'s.
@@ -40,7 +41,6 @@ SEGMENT_OPEN = "segment_open"
 SOURCE_LOST = "source_lost"
 SOURCE_RESTORED = "source_restored"
 STATS = "stats"
-EVENT_TYPES = (SEGMENT, SEGMENT_OPEN, SOURCE_LOST, SOURCE_RESTORED, STATS)
 
 STEP_HISTORY = 1000  # step latencies kept for the percentiles of `stats`
 

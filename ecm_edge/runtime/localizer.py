@@ -48,8 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from ecm_edge.config import Config, apply_override, config_from_stored, load_config
-from ecm_edge.deploy_format import META_NAME, WEIGHTS_NAME, is_deploy_folder
+from ecm_edge.config import Config, apply_overrides, config_from_stored, load_config
+from ecm_edge.deploy_format import DEPLOY_REBUILD, META_NAME, WEIGHTS_NAME, is_deploy_folder
 from ecm_edge.errors import CheckpointError, ConfigError, DataError, EcmEdgeError
 from ecm_edge.kernels.score_rows import missing_weights_message
 from ecm_edge.manifest import read_manifest
@@ -273,8 +273,9 @@ class Localizer:
             return None
         weights = self.head.last_transition_weights()
         if weights is None:
-            raise EcmEdgeError(missing_weights_message(self.post.params.score_source,
-                                                       f"the {self.engine} head's artifacts"))
+            source, where = self.post.params.score_source, f"the {self.engine} head's artifacts"
+            raise EcmEdgeError(missing_weights_message(source, where, DEPLOY_REBUILD) if self.engine == "numpy"
+                               else missing_weights_message(source, where))
         return weights
 
     def _feature_times(self, n: int, start_time: float | None,
@@ -394,8 +395,7 @@ def artifact_config(stored: dict[str, Any] | None, config: Config | str | Path |
         cfg = config_from_stored(stored, source=str(folder / META_NAME))
     else:
         cfg = load_config(None)
-    for item in overrides:
-        apply_override(cfg, item)
+    apply_overrides(cfg, overrides)
     _keep_training_rate(cfg, stored)
     return cfg
 

@@ -166,17 +166,19 @@ def test_oracle_nms_and_the_ecm_conventions_by_hand():
         (0, 0, pytest.approx(1.0 + 0.15 * 0.5))]
 
 
-def test_oracle_ecm_interpolation_is_opencv():
+def test_oracle_ecm_interpolation_is_half_pixel_linear_with_clamped_edges():
+    """3 → 7 samples by hand: positions (j + 0.5) · 3/7 − 0.5 = −0.29, 0.14, 0.57, 1, 1.43, 1.86, 2.29; the first
+    reads row[0], the last row[2] (edges clamped), the rest interpolate their two neighbours."""
     row = np.array([0.0, 0.3, 1.0])
-    expected = cv2.resize(np.float32([[0.0, 0.3, 1.0]]), (7, 1), interpolation=cv2.INTER_LINEAR)[0]
-    assert oracle_upsample(row, 7, "ecm").tolist() == expected.astype(np.float64).tolist()
+    expected = [0.0, 0.3 / 7, 0.3 * 4 / 7, 0.3, 0.3 * 4 / 7 + 3 / 7, 0.3 / 7 + 6 / 7, 1.0]
+    assert oracle_upsample(row, 7, "ecm").tolist() == pytest.approx(expected, abs=1e-6)
 
 
 def test_oracle_and_comparison_see_a_changed_segment():
     cas = np.array([[[-1.0, 2, 3, -1, -1, 2, -1]]])
     params = PostParams(mode="clean")
     dets = oracle_detections(cas, [[0.9]], num_frames=14, fps=1.0, params=params)
-    assert len(dets) >= 2
+    assert len(dets) == 2  # the two bumps, at frames 2–5 and 10–11
     moved = dets.copy()
     moved["end"][0] += 1.0
     assert compare_detections(moved, dets) is not None
