@@ -4,7 +4,7 @@ Real faults, no mocks: ``/dev/full`` is a full disk; ``RLIMIT_FSIZE`` in a subpr
 system (mounting one needs root); webhook receivers are real HTTP servers on 127.0.0.1 (down, slow, failing,
 hung, back late); SIGTERM and SIGINT go to a real ``ecm-edge stream`` process. Every case asserts exact counts of
 events emitted / delivered / spooled / lost, the exit code and the message, so each can fail, and a new feature
-is tried against all of them (issue "Faults that lose events"). Subprocesses only where the fault needs one
+is tried against all of them. Subprocesses only where the fault needs one
 (signals, resource limits, a redirected stdout); the rest runs the real entry point in-process.
 """
 

@@ -104,7 +104,7 @@ def _notes(results: list[dict[str, Any]], d: int, h: int, c: int) -> list[str]:
         f"whatever N); stacked, the two products are compute-bound (2·3·(D + H)·H flops per column) and take "
         f"{largest['head_share']:.0%} of a tick at {largest['streams']} streams: the rest is each stream's "
         "causal post-processing in Python, one stream after another (slot-array numba kernels are the next "
-        "step of issue #13)",
+        "step)",
     ]
 
 
