@@ -116,7 +116,8 @@ def profile_shapes(export_cfg: ExportConfig, graph: str, feature_dim: int,
                           f"from {keys}")
     if export_cfg.max_batch < 1:
         raise ConfigError(f"export.max_batch must be ≥ 1, got {export_cfg.max_batch}")
-    batches = (1, 1, export_cfg.max_batch)
+    opt_batch = min(export_cfg.stream_opt_batch, export_cfg.max_batch) if graph == "streaming" else 1
+    batches = (1, opt_batch, export_cfg.max_batch)
     shapes = [(b, t, feature_dim) for b, t in zip(batches, lengths, strict=True)]
     return {input_name: ProfileShape(*shapes)}
 

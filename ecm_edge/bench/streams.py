@@ -134,7 +134,6 @@ def measure(deploy_dir: Path, streams: int, snippets: int) -> dict[str, Any]:
     :data:`BASELINE_STREAMS` of) the same sources, tick by tick in turn (so that both see the same load of a
     shared machine); rates, tick times, memory, event equality."""
     from ecm_edge.runtime.engine import StreamEngine
-    from ecm_edge.runtime.head import ColumnHead
     from ecm_edge.runtime.localizer import Localizer
 
     engine = StreamEngine.from_artifacts(deploy_dir, overrides=OVERRIDES)
@@ -142,7 +141,7 @@ def measure(deploy_dir: Path, streams: int, snippets: int) -> dict[str, Any]:
     sources = [f"cam{i}" for i in range(streams)]
     subset = min(streams, BASELINE_STREAMS)
     baseline = features[:subset]
-    localizers = [Localizer(ColumnHead(engine.weights), engine.class_names, engine.config) for _ in baseline]
+    localizers = [Localizer.from_artifacts(deploy_dir, "numpy", overrides=OVERRIDES) for _ in baseline]
     _warm_blas(engine)
     rss_before = _rss_bytes()
     for source in sources:
@@ -191,7 +190,7 @@ def _head_ms(engine: Any, streams: int) -> float:
     average: slot i gets ⌊(i + 1)·ρ⌋ − ⌊i·ρ⌋)."""
     from ecm_edge.runtime.head import BatchedColumnHead
 
-    head = BatchedColumnHead(engine.weights, capacity=streams)
+    head = BatchedColumnHead(engine.head.weights, capacity=streams)
     slots = list(range(streams))
     for slot in slots:
         head.reset(slot)
@@ -239,7 +238,7 @@ def _warm_blas(engine: Any) -> None:
     """One product per layer before memory is measured: the matrix library allocates its buffers on first use."""
     from ecm_edge.runtime.head import full_cas
 
-    full_cas(engine.weights, np.zeros((8, engine.feature_dim), np.float32))
+    full_cas(engine.head.weights, np.zeros((8, engine.feature_dim), np.float32))
 
 
 def _rss_bytes() -> int:

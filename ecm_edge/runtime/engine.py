@@ -1,60 +1,85 @@
-"""``StreamEngine``: many streams in one process, their head evaluated as one batch (docs/design.md §7).
+"""``StreamEngine``: N streams in one process, their head evaluated as one batch (docs/design.md §7).
 
-One :class:`~ecm_edge.runtime.localizer.Localizer` serves one stream, and its numpy head runs at batch 1: every
-new column re-reads each layer's weights, which bounds a large head by memory bandwidth, not arithmetic. The
-engine owns N streams, each in a *slot* of one :class:`~ecm_edge.runtime.head.BatchedColumnHead`::
+One stream at a time, every new column of a large head re-reads each layer's weights (memory-bound), every
+stream post-processes on its own, and on a GPU every step is a tiny launch. The engine owns N streams, each in a
+*slot* of one batched head (:class:`~ecm_edge.runtime.head.SlotHead`: numpy on deploy weights, or the exported
+graphs with a dynamic batch on ONNX Runtime / TensorRT) and of one slot-array causal post-processor::
 
     from ecm_edge import StreamEngine
 
-    engine = StreamEngine.from_artifacts("runs/train/exp")
-    engine.add_stream("cam-1")
-    engine.add_stream("cam-2")
-    while running:
-        engine.push("cam-1", features_1)                 # [n, D] snippets, queued (thread-safe, never waits)
-        engine.push("cam-2", features_2)                 # each source's clock continues from its last push
-        for event in engine.step():                      # one tick: every stream with new snippets
-            print(event["source"], event["type"], event.get("label"))
-    engine.close()                                       # flushes every stream
+    with StreamEngine.from_artifacts("runs/train/exp", extractor="tiny") as engine:
+        engine.on_event(print)                          # or add_sink(JsonlSink(...)), WebhookSink, ...
+        engine.add_stream("cam-1")
+        engine.add_stream("lobby", overrides=["post.class_threshold=0.3"])
+        engine.push_frames("cam-1", frames, timestamps)  # from any thread; never waits for a tick
+        engine.push("lobby", features)                   # or snippet features [n, D]
+        events = engine.step()                           # one tick for every stream with new snippets
+    # leaving the block flushes every stream
 
-A tick (:meth:`StreamEngine.step`) takes every stream's queued snippets, resamples them per stream at
-``stream.columns_per_snippet`` (``ecm_edge.runtime.resample``, as the Localizer does), evaluates the new columns
-of all streams with one matrix product per layer, and runs each stream's causal post-processing
-(:class:`~ecm_edge.runtime.online.OnlinePostProcessor`, one per stream). The events equal those of one
-Localizer per stream fed the same snippets (to float32 rounding of the head), with ``source`` added.
+A tick (:meth:`StreamEngine.step`) takes every stream's completed frame snippets and extracts them in one call of
+the extractor, takes every stream's queued snippets, resamples them per stream at ``stream.columns_per_snippet``
+(``ecm_edge.runtime.resample``), evaluates all streams' new columns with one head call, runs the causal
+post-processing of all of them (``ecm_edge.runtime.causal``, kernels by ``stream.kernels``), and hands the
+events, each with its ``source``, to the sinks. :class:`~ecm_edge.runtime.localizer.Localizer` is this engine with
+one stream.
 
-What it does not do yet: it loads deploy folders only and runs the numpy head (no ONNX Runtime / TensorRT batched
-windows, no torch); the post-processing runs stream by stream in Python (no slot-array numba kernels); it has no
-sinks, frames or extractors (feed it features; deliver the returned events yourself); it emits no ``stats``
-events (:meth:`StreamEngine.stats` reports per source).
+Bounded: a source's queue holds at most ``stream.queue_snippets`` snippets (features or frame snippets) between
+ticks; what arrives beyond that is dropped whole (its source time still passes, so the stream sees a gap) and
+counted. A gap longer than ``stream.max_frame_gap_s`` between a source's snippets ends its stream there and
+starts a new one. :meth:`push` / :meth:`push_frames` only queue (a lock per source for frame assembly, one short
+lock for the queues), so sources push from their own threads while a tick runs; ticks, flushes, adding and
+removing streams are serialized.
 
-A source's queue holds at most ``stream.queue_snippets`` snippets between ticks; snippets pushed beyond that are
-dropped (their source time still passes, so the stream sees a gap) and counted per source. A gap longer than
-``stream.max_frame_gap_s`` between a source's snippets ends its stream there and starts a new one, as in the
-Localizer. :meth:`StreamEngine.push` only queues (its own lock), so sources may push from their own threads
-while a tick runs; ticks, flushes, adding and removing streams are serialized.
+Per-source overrides (``add_stream(..., overrides=[...])``) may change ``post.*`` and ``stream.*`` keys but not
+the head's (``model.*``, ``data.*``, ``stream.columns_per_snippet``): streams with the same post-processing
+parameters share one slot-array post-processor.
+
+Every ``stream.stats_every_s`` a tick also emits ``stats`` events: one per source (its snippets, input rate,
+dropped frames and snippets, lag, step percentiles) and, unless the engine serves a single
+:class:`Localizer`, one for the process (``source`` ``"*"``: streams, snippets per second, dropped snippets, the
+largest lag, tick percentiles).
 """
 
 from __future__ import annotations
 
+import copy
 import heapq
+import logging
 import threading
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ecm_edge.config import Config
-from ecm_edge.deploy_format import DEPLOY_REBUILD, META_NAME, WEIGHTS_NAME, is_deploy_folder
-from ecm_edge.errors import CheckpointError, ConfigError, DataError, EcmEdgeError
+from ecm_edge.config import Config, apply_overrides
+from ecm_edge.deploy_format import DEPLOY_REBUILD
+from ecm_edge.errors import ConfigError, DataError, EcmEdgeError
 from ecm_edge.kernels.score_rows import missing_weights_message
 from ecm_edge.runtime import events as ev
-from ecm_edge.runtime.head import BatchedColumnHead, HeadWeights, load_head_weights
-from ecm_edge.runtime.localizer import artifact_config, match_feature_dim
+from ecm_edge.runtime.artifacts import (
+    artifact_config,
+    check_artifacts_folder,
+    load_head,
+    make_extractor,
+    match_feature_dim,
+)
+from ecm_edge.runtime.engines import PrecisionChoice
+from ecm_edge.runtime.head import SlotHead
 from ecm_edge.runtime.online import OnlineParams, OnlinePostProcessor
 from ecm_edge.runtime.resample import ColumnPlan, ColumnResampler, columns_per_snippet
-from ecm_edge.runtime.snippets import snippet_times
+from ecm_edge.runtime.sinks import CallbackSink, EventDispatcher, Sink
+from ecm_edge.runtime.snippets import Snippet, snippet_times
+
+log = logging.getLogger("ecm_edge")
+
+# Config sections a source may override for itself; the head's keys are shared by every stream of an engine.
+SOURCE_OVERRIDE_SECTIONS = ("post.", "stream.")
+SHARED_KEYS = ("stream.columns_per_snippet", "stream.kernels", "stream.queue_snippets", "stream.stats_every_s",
+               "stream.event_queue")
 
 
 @dataclass
@@ -66,20 +91,39 @@ class SourceStats:
     processed: int = 0  # snippets through the head
     dropped: int = 0  # snippets dropped because the source's queue held stream.queue_snippets
     queued: int = 0  # snippets waiting for the next tick
+    dropped_frames: int = 0  # stale frames the source's reader dropped (set_dropped_frames)
+    lag_s: float = 0.0  # how long the newest processed snippet waited between its push and its tick
+
+
+@dataclass
+class _Queued:
+    """A snippet waiting for a tick: its features (or, for frames, the assembled snippet) and times."""
+
+    features: np.ndarray | None  # [D]; None until a frame snippet is extracted
+    start: float
+    end: float
+    pushed_at: float  # time.monotonic() of the push
+    clip: Snippet | None = None
 
 
 @dataclass
 class _Stream:
-    """One source's state outside the head: queue, resampler, causal post-processing and clocks."""
+    """One source's state outside the head and the post-processor: queue, resampler, clocks, counters."""
 
     source: str
     slot: int
     resampler: ColumnResampler
-    post: OnlinePostProcessor
-    queue: deque[tuple[np.ndarray, float, float]] = field(default_factory=deque)  # (feature [D], start, end)
+    post: SlotPostProcessor
+    config: Config
+    queue: deque[_Queued] = field(default_factory=deque)
     pending_times: deque[tuple[float, float]] = field(default_factory=deque)  # columns whose CAS is not final
     last_end: float | None = None  # source time where the newest processed snippet ends (None: a fresh stream)
     clock: float = 0.0  # where the next snippet starts when the caller gives no time
+    assembler: Any = None  # frames → snippets, made on the first push_frames
+    frame_index: int = 0
+    frame_lock: threading.Lock = field(default_factory=threading.Lock)
+    steps: ev.StepStats = field(default_factory=ev.StepStats)
+    frames_pushed: int = 0  # frames since the last tick took them (for the stats' input rate)
     stats: SourceStats = field(init=False)
 
     def __post_init__(self) -> None:
@@ -97,59 +141,95 @@ class _Batch:
     restart: bool  # a gap precedes the first snippet: end the stream before it
 
 
-class StreamEngine:
-    """N streams by source id, one batched numpy head, one causal post-processor per stream (module doc)."""
+class _ProcessStats:
+    """Tick durations and totals for the process-wide ``stats`` event."""
 
-    def __init__(self, weights: HeadWeights, class_names: Sequence[str], config: Config):
-        if len(class_names) != weights.num_classes:
-            raise ConfigError(f"{len(class_names)} class names for a head with {weights.num_classes} classes")
-        self.weights, self.class_names, self.config = weights, list(class_names), config
-        self.head = BatchedColumnHead(weights)
+    def __init__(self) -> None:
+        self.ticks: deque[float] = deque(maxlen=ev.STEP_HISTORY)
+        self.snippets_since = 0
+        self.since = time.monotonic()
+
+    def record(self, seconds: float, snippets: int) -> None:
+        self.ticks.append(seconds)
+        self.snippets_since += snippets
+
+    def event(self, streams: Iterable[_Stream]) -> ev.Event:
+        streams = list(streams)
+        now = time.monotonic()
+        rate = self.snippets_since / max(now - self.since, 1e-9)
+        self.snippets_since, self.since = 0, now
+        p50, p99 = (np.percentile(np.fromiter(self.ticks, float), [50, 99]) * 1000.0 if self.ticks else (0.0, 0.0))
+        return ev.process_stats_event(len(streams), rate, sum(s.stats.dropped for s in streams),
+                                      max((s.stats.lag_s for s in streams), default=0.0), float(p50), float(p99))
+
+
+class StreamEngine:
+    """N streams by source id: one batched head, slot-array causal post-processing, one set of sinks."""
+
+    def __init__(self, head: SlotHead, class_names: Sequence[str], config: Config, *, extractor: Any = None,
+                 sinks: Iterable[Sink] = (), engine: str = "custom", precision: str = "fp32",
+                 precision_reason: str = "", process_stats: bool = True):
+        if len(class_names) != head.num_classes:
+            raise ConfigError(f"{len(class_names)} class names for a head with {head.num_classes} classes")
+        self.head, self.class_names, self.config, self.engine = head, list(class_names), config, engine
+        self.precision, self.precision_reason = precision, precision_reason
         self.rate = columns_per_snippet(config)
-        self.params = OnlineParams.from_config(config, self.rate)
-        if self.params.score_source != "cas" and weights.transition_weight is None:
-            raise EcmEdgeError(missing_weights_message(self.params.score_source, "the deploy weights",
-                                                       DEPLOY_REBUILD))
         self.queue_limit = config.stream.queue_snippets
+        self.dispatcher = EventDispatcher(sinks, config.stream.event_queue)
+        self._extractor_spec = extractor
+        self._extractor: Any = None
+        self._posts: dict[OnlineParams, SlotPostProcessor] = {}
         self._streams: dict[str, _Stream] = {}
         self._free_slots: list[int] = []  # a heap: the lowest free slot is reused first
         self._next_slot = 0
+        self._process = _ProcessStats() if process_stats else None
+        self._stats_since = time.monotonic()
         self._queue_lock = threading.Lock()  # the streams' queues and clocks (push never waits for a tick)
         self._step_lock = threading.RLock()  # ticks, flushes, adding and removing streams
         self._closed = False
+        self._post_for(config)  # a score source the head cannot feed fails here, not at the first tick
 
     @classmethod
-    def from_artifacts(cls, path: str | Path, *, config: Config | str | Path | None = None,
-                       overrides: Sequence[str] = ()) -> StreamEngine:
-        """Load a deploy folder (``model.safetensors`` + ``model.json``, a training run folder) with its config
-        and class names, as ``Localizer.from_artifacts`` does; ``config`` / ``overrides`` refine the config."""
-        folder = Path(path)
-        if folder.is_file():
-            folder = folder.parent
-        if not is_deploy_folder(folder):
-            raise CheckpointError(f"StreamEngine needs deploy weights ({WEIGHTS_NAME} + {META_NAME}) and {folder} "
-                                  "has none; pass the training run folder (it runs the numpy head only for now, "
-                                  "not export folders)")
-        weights, meta = load_head_weights(folder)
-        cfg = artifact_config(meta.get("config"), config, overrides, folder)
-        match_feature_dim(cfg, weights, folder)
-        return cls(weights, meta["class_names"], cfg)
+    def from_artifacts(cls, path: str | Path, engine: str = "auto", *, config: Config | str | Path | None = None,
+                       overrides: Sequence[str] = (), extractor: Any = None,
+                       extractor_options: dict[str, Any] | None = None, sinks: Iterable[Sink] = (),
+                       precision: str = "auto", **kwargs: Any) -> StreamEngine:
+        """Load a deploy or export folder once (``ecm_edge.runtime.artifacts``) with its class names and config;
+        ``config`` / ``overrides`` refine the config. ``engine`` is one of ``HEAD_ENGINES``, ``precision`` one of
+        ``PRECISION_CHOICES`` (export folders; deploy weights run in fp32). ``extractor`` (needed for
+        :meth:`push_frames`): a registry name (``tiny`` is sized to the model; ``i3d`` takes
+        ``extractor_options={"artifact": "i3d.onnx"}``) or an extractor object."""
+        folder = check_artifacts_folder(path, engine)
+        head, class_names, stored_config, chosen, choice = load_head(folder, engine, precision)
+        cfg = artifact_config(stored_config, config, overrides, folder)
+        match_feature_dim(cfg, head, folder)
+        if extractor is not None:
+            extractor = make_extractor(extractor, head.feature_dim, **(extractor_options or {}))
+        _log_choice(chosen, folder, choice, head)
+        return cls(head, class_names, cfg, extractor=extractor, sinks=sinks, engine=chosen,
+                   precision=choice.precision, precision_reason=choice.reason, **kwargs)
 
     # -- streams ----------------------------------------------------------------------------------------------
     @property
     def feature_dim(self) -> int:
-        return self.weights.feature_dim
+        return self.head.feature_dim
+
+    @property
+    def snippet_seconds(self) -> float:
+        return self.config.data.snippet_seconds
 
     @property
     def sources(self) -> list[str]:
         """The ids of the streams held now, in the order they were added."""
         return list(self._streams)
 
-    def add_stream(self, source_id: str) -> int:
+    def add_stream(self, source_id: str, overrides: Sequence[str] = ()) -> int:
         """Start a stream for ``source_id``; returns its slot (the lowest free one: slots of removed streams are
-        reused, and start clean)."""
+        reused, and start clean). ``overrides`` (``"key=value"``, ``post.*`` / ``stream.*``) refine the
+        post-processing of this source only."""
         if not isinstance(source_id, str) or not source_id:
             raise ConfigError(f"a source id is a non-empty string, got {source_id!r}")
+        cfg = self._source_config(source_id, overrides)
         with self._step_lock:
             self._check_open()
             if source_id in self._streams:
@@ -157,15 +237,16 @@ class StreamEngine:
                                   "another id")
             slot = heapq.heappop(self._free_slots) if self._free_slots else self._take_new_slot()
             self.head.reset(slot)
-            stream = _Stream(source_id, slot, ColumnResampler(self.rate),
-                             OnlinePostProcessor(self.params, self.class_names))
+            post = self._post_for(cfg)
+            post.reset(slot)
+            stream = _Stream(source_id, slot, ColumnResampler(self.rate), post, cfg)
             with self._queue_lock:
                 self._streams[source_id] = stream
             return slot
 
     def remove_stream(self, source_id: str) -> list[ev.Event]:
         """End ``source_id``'s stream (its queued snippets and open segments are processed, as by :meth:`flush`)
-        and free its slot; returns the events that gives."""
+        and free its slot; returns the events that gives (also handed to the sinks)."""
         with self._step_lock:
             events = self.flush(source_id)
             with self._queue_lock:
@@ -180,25 +261,95 @@ class StreamEngine:
             stream.stats.queued = len(stream.queue)
             return SourceStats(**vars(stream.stats))
 
+    def step_stats(self, source_id: str) -> ev.StepStats:
+        """The source's step latencies and input counters (what its ``stats`` events summarize)."""
+        return self._stream(source_id).steps
+
+    def set_dropped_frames(self, source_id: str, count: int) -> None:
+        """The stale frames the source's reader has dropped so far (reported in its ``stats`` events)."""
+        with self._queue_lock:
+            self._stream(source_id).stats.dropped_frames = int(count)
+
+    # -- sinks ------------------------------------------------------------------------------------------------
+    def on_event(self, callback: Callable[[ev.Event], Any]) -> Callable[[ev.Event], Any]:
+        """Call ``callback(event)`` for every event (from the writer thread); usable as a decorator."""
+        self.dispatcher.add(CallbackSink(callback))
+        return callback
+
+    def add_sink(self, sink: Sink) -> Sink:
+        return self.dispatcher.add(sink)
+
+    def emit(self, event: ev.Event) -> None:
+        """Publish an event from outside the pipeline (a source's ``source_lost`` / ``source_restored``)."""
+        self.dispatcher.publish([event])
+
     # -- input ------------------------------------------------------------------------------------------------
     def push(self, source_id: str, features: np.ndarray, start_time: float | None = None,
              end_times: Sequence[float] | None = None) -> int:
         """Queue snippet features ``[n, D]`` (or one ``[D]``) of ``source_id`` for the next tick; returns how many
         were queued (the rest were dropped: the queue held ``stream.queue_snippets``).
 
-        Times as in ``Localizer.push_features``: consecutive snippet durations after the source's previous
-        snippet by default; ``start_time`` sets the first snippet's start, ``end_times`` each snippet's end.
+        Snippet times default to consecutive snippet durations after the source's previous snippet;
+        ``start_time`` sets the first snippet's start, ``end_times`` each snippet's end (starts then follow the
+        previous end).
         """
         features = self._checked_features(source_id, features)
         with self._queue_lock:
             self._check_open()
             stream = self._stream(source_id)
             starts, ends = self._snippet_times(stream, len(features), start_time, end_times)
-            room = max(0, self.queue_limit - len(stream.queue))
-            stream.queue.extend(zip(features[:room], starts[:room], ends[:room], strict=True))
-            stream.stats.received += len(features)
-            stream.stats.dropped += max(0, len(features) - room)
-            return min(room, len(features))
+            stream.frames_pushed += len(features) * self.config.data.snippet_frames
+            now = time.monotonic()
+            return self._enqueue(stream, [_Queued(x, s, e, now) for x, s, e in zip(features, starts, ends,
+                                                                                    strict=True)])
+
+    def push_frames(self, source_id: str, frames: Sequence[np.ndarray] | np.ndarray,
+                    timestamps: Sequence[float]) -> int:
+        """Video frames of ``source_id`` (``[H, W, 3]`` uint8, BGR as OpenCV delivers them) with their source times
+        in seconds; returns how many snippets they completed and queued (their features are extracted at the next
+        tick, with every other source's, in one call of the extractor)."""
+        if len(frames) != len(timestamps):
+            raise DataError(f"source {source_id!r}: push_frames got {len(frames)} frames but {len(timestamps)} "
+                            "timestamps")
+        from ecm_edge.runtime.sources import Frame
+
+        stream = self._stream(source_id)
+        with stream.frame_lock:
+            assembler = self._assembler(stream)
+            clips: list[Snippet] = []
+            for image, stamp in zip(frames, timestamps, strict=True):
+                clips += assembler.push(Frame(np.asarray(image), float(stamp), stream.frame_index))
+                stream.frame_index += 1
+        with self._queue_lock:
+            self._check_open()
+            stream.frames_pushed += len(frames)
+            now = time.monotonic()
+            return self._enqueue(stream, [_Queued(None, c.start_time, c.end_time, now, c) for c in clips])
+
+    def process(self, source_id: str, features: np.ndarray | None = None, start_time: float | None = None,
+                end_times: Sequence[float] | None = None) -> list[ev.Event]:
+        """Push ``features`` without the queue bound and run a tick for ``source_id`` alone: the synchronous
+        path of one caller that feeds one stream (the Localizer's). Returns the events."""
+        with self._step_lock:
+            if features is not None:
+                features = self._checked_features(source_id, features)
+                with self._queue_lock:
+                    stream = self._stream(source_id)
+                    starts, ends = self._snippet_times(stream, len(features), start_time, end_times)
+                    stream.frames_pushed += len(features) * self.config.data.snippet_frames
+                    now = time.monotonic()
+                    stream.queue.extend(_Queued(x, s, e, now) for x, s, e in zip(features, starts, ends,
+                                                                                strict=True))
+                    stream.stats.received += len(features)
+            return self._tick([self._stream(source_id)])
+
+    def _enqueue(self, stream: _Stream, items: list[_Queued]) -> int:
+        """Append to the stream's bounded queue (caller holds the queue lock); count what did not fit."""
+        room = max(0, self.queue_limit - len(stream.queue))
+        stream.queue.extend(items[:room])
+        stream.stats.received += len(items)
+        stream.stats.dropped += max(0, len(items) - room)
+        return min(room, len(items))
 
     def _checked_features(self, source_id: str, features: np.ndarray) -> np.ndarray:
         """A float32 copy ``[n, D]`` (the caller may reuse its buffer while the snippets wait); a wrong shape or
@@ -215,8 +366,8 @@ class StreamEngine:
 
     def _snippet_times(self, stream: _Stream, n: int, start_time: float | None,
                        end_times: Sequence[float] | None) -> tuple[list[float], list[float]]:
-        """Each snippet's source start and end (``Localizer.push_features``' rule); advances the source's clock."""
-        starts, ends = snippet_times(stream.clock, n, self.config.data.snippet_seconds, start_time, end_times,
+        """Each snippet's source start and end (``snippet_times``' rule); advances the source's clock."""
+        starts, ends = snippet_times(stream.clock, n, self.snippet_seconds, start_time, end_times,
                                      where=f"source {stream.source!r}: push")
         if n:
             stream.clock = ends[-1]
@@ -224,11 +375,11 @@ class StreamEngine:
 
     # -- ticks ------------------------------------------------------------------------------------------------
     def step(self) -> list[ev.Event]:
-        """One tick: every stream's queued snippets through resampling, the batched head (one product per
-        layer for all streams) and each stream's post-processing; returns the events, each with ``source``."""
+        """One tick: every stream's queued snippets through extraction, resampling, the batched head and the
+        post-processing; returns the events (each with ``source``), also handed to the sinks."""
         with self._step_lock:
             self._check_open()
-            return self._drain(list(self._streams.values()))
+            return self._tick(list(self._streams.values()))
 
     def flush(self, source_id: str) -> list[ev.Event]:
         """Process ``source_id``'s queued snippets, then end its stream: close and score its open segments. The
@@ -236,21 +387,32 @@ class StreamEngine:
         with self._step_lock:
             self._check_open()
             stream = self._stream(source_id)
-            return self._drain([stream]) + self._end_streams([stream])[0]
+            with stream.frame_lock:
+                if stream.assembler is not None:
+                    stream.assembler.flush(pad=False)
+            events = self._tick([stream], stats=False)
+            ended = self._end_streams([stream])[0]
+            self.dispatcher.publish(ended)
+            return events + ended
 
     def close(self) -> list[ev.Event]:
-        """Flush and remove every stream (their last columns in one batched head call); returns their last
-        events. The engine is unusable afterwards."""
+        """Flush and remove every stream (their last columns in one batched head call), deliver every event to
+        the sinks, close them and release the head; returns the last events. The engine is unusable afterwards."""
         with self._step_lock:
             if self._closed:
                 return []
-            streams = list(self._streams.values())
-            events = self._drain(streams)
-            for ended in self._end_streams(streams):
-                events += ended
-            with self._queue_lock:
-                self._streams.clear()
-            self._closed = True
+            try:
+                streams = list(self._streams.values())
+                events = self._tick(streams, stats=False)
+                for ended in self._end_streams(streams):
+                    self.dispatcher.publish(ended)
+                    events += ended
+                with self._queue_lock:
+                    self._streams.clear()
+                self._closed = True
+            finally:
+                self.dispatcher.close()
+                self.head.close()
             return events
 
     def __enter__(self) -> StreamEngine:
@@ -259,45 +421,82 @@ class StreamEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _drain(self, streams: list[_Stream]) -> list[ev.Event]:
-        """Rounds of batched head calls until the streams' queues are empty (more than one round only where a
-        source gap cuts a queue)."""
-        events: list[ev.Event] = []
-        while batches := self._take_batches(streams):
-            events += self._run(batches)
+    def stats_events(self) -> list[ev.Event]:
+        """``stats`` events for the interval since the last ones: one per source and one for the process."""
+        with self._queue_lock:
+            streams = list(self._streams.values())
+            events = [self._source_stats_event(stream) for stream in streams]
+        if self._process is not None:
+            events.append(self._with_precision(self._process.event(streams)))
+        self._stats_since = time.monotonic()
         return events
+
+    def _tick(self, streams: list[_Stream], stats: bool = True) -> list[ev.Event]:
+        """Extraction, then rounds of batched head calls until the streams' queues are empty (more than one round
+        only where a source gap cuts a queue); records the timing, publishes the events."""
+        began = time.perf_counter()
+        self._extract_clips(streams)
+        events: list[ev.Event] = []
+        processed: dict[str, int] = {}
+        while batches := self._take_batches(streams):
+            for batch in batches:
+                processed[batch.stream.source] = processed.get(batch.stream.source, 0) + len(batch.features)
+            events += self._run(batches)
+        self._record(streams, processed, time.perf_counter() - began)
+        if stats and self._stats_due():
+            events += self.stats_events()
+        self.dispatcher.publish(events)
+        return events
+
+    def _extract_clips(self, streams: list[_Stream]) -> None:
+        """Features of every queued frame snippet of ``streams``, all in one call of the extractor."""
+        with self._queue_lock:
+            waiting = [item for stream in streams for item in stream.queue if item.features is None]
+        if not waiting:
+            return
+        features = np.asarray(self._frame_extractor().extract([item.clip for item in waiting]), np.float32)
+        for item, row in zip(waiting, features, strict=True):
+            item.features, item.clip = row, None
 
     def _take_batches(self, streams: list[_Stream]) -> list[_Batch]:
         """Pop each stream's queued snippets up to (not including) the first one after a source gap."""
         limit = self.config.stream.max_frame_gap_s
         batches = []
+        now = time.monotonic()
         with self._queue_lock:
             for stream in streams:
-                if not stream.queue:
+                queue = stream.queue
+                if not queue or queue[0].features is None:
                     continue
-                restart = stream.last_end is not None and stream.queue[0][1] - stream.last_end > limit
-                taken = [stream.queue.popleft()]
-                while stream.queue and stream.queue[0][1] - taken[-1][2] <= limit:
-                    taken.append(stream.queue.popleft())
-                batches.append(_Batch(stream, np.stack([t[0] for t in taken]), [t[1] for t in taken],
-                                      [t[2] for t in taken], restart))
+                restart = stream.last_end is not None and queue[0].start - stream.last_end > limit
+                taken = [queue.popleft()]
+                while queue and queue[0].features is not None and queue[0].start - taken[-1].end <= limit:
+                    taken.append(queue.popleft())
+                stream.stats.lag_s = now - taken[-1].pushed_at
+                batches.append(_Batch(stream, np.stack([t.features for t in taken]), [t.start for t in taken],
+                                      [t.end for t in taken], restart))
         return batches
 
     def _run(self, batches: list[_Batch]) -> list[ev.Event]:
-        """One batched head call for every batch's columns, then each stream's post-processing."""
+        """One batched head call for every batch's columns, then one post-processing call per parameter group."""
         restarts = [b for b in batches if b.restart]
         closed = dict(zip(map(id, restarts), self._end_streams([b.stream for b in restarts]), strict=True))
         plans = [b.stream.resampler.plan(b.starts, b.ends) for b in batches]
         cas = self.head.push_many([b.stream.slot for b in batches],
                                   [b.features[plan.snippet] for b, plan in zip(batches, plans, strict=True)])
+        weights = self._transition(cas)
+        inputs = [self._post_input(batch, plan, columns)
+                  for batch, plan, columns in zip(batches, plans, cas, strict=True)]
+        outputs = self._post_process([b.stream for b in batches], inputs, weights, end=False)
         events: list[ev.Event] = []
-        for batch, plan, columns in zip(batches, plans, cas, strict=True):
-            events += closed.get(id(batch), []) + self._post_process(batch, plan, columns)
+        for batch, out in zip(batches, outputs, strict=True):
+            events += closed.get(id(batch), []) + out
         return events
 
-    def _post_process(self, batch: _Batch, plan: ColumnPlan, cas: np.ndarray) -> list[ev.Event]:
-        """The stream's causal post-processing of the CAS columns this round completed (``Localizer._process``:
-        column times from the resampler, latencies from the snippets that completed the columns)."""
+    def _post_input(self, batch: _Batch, plan: ColumnPlan, cas: np.ndarray
+                    ) -> tuple[np.ndarray, list[float], list[float], list[float]]:
+        """The CAS columns this round completed with their source times and, for latencies, the source time
+        at which each became final (the end of the snippet that completed it)."""
         stream = batch.stream
         stream.pending_times.extend(zip(plan.starts, plan.ends, strict=True))
         times = [stream.pending_times.popleft() for _ in range(len(cas))]
@@ -305,32 +504,127 @@ class StreamEngine:
         nows = plan.arrivals[len(plan) - m:] if m <= len(plan) else [batch.ends[-1]] * m
         stream.last_end = batch.ends[-1]
         stream.stats.processed += len(batch.features)
-        events = stream.post.push(cas, [t[0] for t in times], [t[1] for t in times], nows,
-                                  weights=self._transition(cas))
-        return ev.from_source(events, stream.source)
+        return cas, [t[0] for t in times], [t[1] for t in times], list(nows)
+
+    def _post_process(self, streams: list[_Stream], inputs: list[tuple], weights: list[np.ndarray | None],
+                      end: bool) -> list[list[ev.Event]]:
+        """The causal post-processing of each stream's new columns, one call per parameter group (and, at the
+        end of streams, their flush); events per stream, in the order of ``streams``, marked with ``source``."""
+        out: list[list[ev.Event]] = [[] for _ in streams]
+        groups: dict[int, list[int]] = {}
+        for i, stream in enumerate(streams):
+            groups.setdefault(id(stream.post), []).append(i)
+        for members in groups.values():
+            post = streams[members[0]].post
+            slots = [streams[i].slot for i in members]
+            pushed = post.push(slots, [inputs[i][0] for i in members], [inputs[i][1] for i in members],
+                               [inputs[i][2] for i in members], [inputs[i][3] for i in members],
+                               weights=[weights[i] for i in members])
+            flushed = post.flush(slots, [streams[i].last_end for i in members]) if end else [[]] * len(members)
+            for i, a, b in zip(members, pushed, flushed, strict=True):
+                out[i] = ev.from_source(a + b, streams[i].source)
+        return out
 
     def _end_streams(self, streams: list[_Stream]) -> list[list[ev.Event]]:
-        """End each stream (``Localizer._end_stream``): the head's last columns (one batched call for all) and
-        the open candidates, as events per stream; the slots and the post-processing start afresh."""
+        """End each stream: the head's last columns (one batched call for all) and the open candidates, as
+        events per stream (not yet published); the slots, resamplers and post-processing start afresh."""
+        if not streams:
+            return []
         cas = self.head.flush_many([stream.slot for stream in streams])
-        return [self._end_post_processing(stream, columns) for stream, columns in zip(streams, cas, strict=True)]
+        weights = self._transition(cas)
+        inputs = []
+        for stream, columns in zip(streams, cas, strict=True):
+            now = stream.last_end
+            times = [stream.pending_times.popleft() for _ in range(len(columns))]
+            ends = [t[1] for t in times]
+            inputs.append((columns, [t[0] for t in times], ends, ends if now is None else [now] * len(columns)))
+        events = self._post_process(streams, inputs, weights, end=True)
+        for stream in streams:
+            stream.pending_times.clear()
+            stream.resampler.reset()
+            stream.last_end = None
+        return events
 
-    def _end_post_processing(self, stream: _Stream, cas: np.ndarray) -> list[ev.Event]:
-        now = stream.last_end
-        times = [stream.pending_times.popleft() for _ in range(len(cas))]
-        events = stream.post.push(cas, [t[0] for t in times], [t[1] for t in times],
-                                  None if now is None else [now] * len(cas), weights=self._transition(cas))
-        events += stream.post.flush(now)
-        stream.pending_times.clear()
-        stream.resampler.reset()
-        stream.last_end = None
-        return ev.from_source(events, stream.source)
+    def _transition(self, cas: list[np.ndarray]) -> list[np.ndarray | None]:
+        """The transition weights of the last head call's columns, per slot, when a score source needs them."""
+        if all(post.params.score_source == "cas" for post in self._posts.values()):
+            return [None] * len(cas)
+        weights = self.head.last_transition_weights()
+        if any(w is None for w in weights):
+            where = f"the {self.engine} head's artifacts"
+            source = next(p.params.score_source for p in self._posts.values() if p.params.score_source != "cas")
+            raise EcmEdgeError(missing_weights_message(source, where, DEPLOY_REBUILD) if self.engine == "numpy"
+                               else missing_weights_message(source, where))
+        return weights
 
-    def _transition(self, cas: np.ndarray) -> np.ndarray | None:
-        """The transition weights of CAS columns when the score source needs them."""
-        return None if self.params.score_source == "cas" else self.weights.transition(cas)
+    # -- stats ------------------------------------------------------------------------------------------------
+    def _record(self, streams: list[_Stream], processed: dict[str, int], seconds: float) -> None:
+        """Each stream's snippets of this tick and the tick's time per snippet; the process's tick time."""
+        total = sum(processed.values())
+        with self._queue_lock:
+            for stream in streams:
+                frames, stream.frames_pushed = stream.frames_pushed, 0
+                n = processed.get(stream.source, 0)
+                stream.steps.record(seconds / n if n else 0.0, n, frames)
+        if self._process is not None and total:
+            self._process.record(seconds, total)
+
+    def _stats_due(self) -> bool:
+        every = self.config.stream.stats_every_s
+        return every > 0 and time.monotonic() - self._stats_since >= every
+
+    def _source_stats_event(self, stream: _Stream) -> ev.Event:
+        event = stream.steps.event(stream.stats.dropped_frames)
+        event.update(dropped_snippets=stream.stats.dropped, lag_s=round(stream.stats.lag_s, 3))
+        return ev.from_source([self._with_precision(event)], stream.source)[0]
+
+    def _with_precision(self, event: ev.Event) -> ev.Event:
+        event.update(precision=self.precision, precision_reason=self.precision_reason)
+        return event
 
     # -- helpers ----------------------------------------------------------------------------------------------
+    def _source_config(self, source_id: str, overrides: Sequence[str]) -> Config:
+        """The engine's config with the source's own overrides (post-processing keys only)."""
+        if not overrides:
+            return self.config
+        for item in overrides:
+            key = str(item).split("=", 1)[0].strip()
+            if not key.startswith(SOURCE_OVERRIDE_SECTIONS) or key in SHARED_KEYS:
+                raise ConfigError(f"source {source_id!r}: {key} cannot be set per source (only post.* and "
+                                  f"stream.* keys other than {', '.join(SHARED_KEYS)}); set it for the whole "
+                                  "engine instead")
+        cfg = copy.deepcopy(self.config)
+        apply_overrides(cfg, overrides)
+        return cfg
+
+    def _post_for(self, cfg: Config) -> SlotPostProcessor:
+        """The post-processor of the streams with ``cfg``'s parameters (made on first use)."""
+        params = OnlineParams.from_config(cfg, self.rate)
+        post = self._posts.get(params)
+        if post is None:
+            if params.score_source != "cas" and not self._head_gives_weights():
+                raise EcmEdgeError(missing_weights_message(params.score_source, f"the {self.engine} head's "
+                                                           "artifacts", DEPLOY_REBUILD))
+            post = self._posts[params] = SlotPostProcessor(params, self.class_names,
+                                                           kernels=getattr(self.config.stream, 'kernels', 'numpy'))
+        return post
+
+    def _head_gives_weights(self) -> bool:
+        weights = getattr(self.head, "weights", None)
+        return weights is None or weights.transition_weight is not None
+
+    def _assembler(self, stream: _Stream) -> Any:
+        if stream.assembler is None:
+            from ecm_edge.runtime.extractors import assembler_for
+
+            stream.assembler = assembler_for(self._frame_extractor(), self.config.data, self.config.stream)
+        return stream.assembler
+
+    def _frame_extractor(self) -> Any:
+        if self._extractor is None:
+            self._extractor = make_extractor(self._extractor_spec, self.head.feature_dim)
+        return self._extractor
+
     def _stream(self, source_id: str) -> _Stream:
         stream = self._streams.get(source_id)
         if stream is None:
@@ -345,3 +639,27 @@ class StreamEngine:
     def _check_open(self) -> None:
         if self._closed:
             raise EcmEdgeError("this StreamEngine is closed; create a new one")
+
+
+def _log_choice(chosen: str, folder: Path, choice: PrecisionChoice, head: SlotHead) -> None:
+    """The choice among an export folder's precisions is news; deploy weights always run in fp32."""
+    log.log(logging.DEBUG if choice.kind == "weights" else logging.INFO, "stream: %s head from %s in %s",
+            chosen, folder, choice.describe())
+    log.debug("stream: %d classes, D = %d", head.num_classes, head.feature_dim)
+
+
+class SlotPostProcessor:  # TEMPORARY stand-in until ecm_edge.runtime.causal lands
+    def __init__(self, params, class_names, kernels="numpy", capacity=1):
+        self.params, self.class_names = params, list(class_names)
+        self._posts = {}
+
+    def reset(self, slot):
+        self._posts[slot] = OnlinePostProcessor(self.params, self.class_names)
+
+    def push(self, slots, cas, starts, ends, nows, weights=None):
+        weights = weights or [None] * len(slots)
+        return [self._posts[s].push(c, a, b, n, weights=w)
+                for s, c, a, b, n, w in zip(slots, cas, starts, ends, nows, weights, strict=True)]
+
+    def flush(self, slots, nows):
+        return [self._posts[s].flush(n) for s, n in zip(slots, nows, strict=True)]

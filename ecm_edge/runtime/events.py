@@ -13,8 +13,12 @@ Types and fields (times in seconds; ``start``/``end``/``time`` on the source's c
   post-processing per snippet over the recent steps), ``precision`` / ``precision_reason``
   (which graph runs and why).
 
-Events of a stream served by a many-stream ``ecm_edge.runtime.engine.StreamEngine`` also carry ``source`` (the
-id the stream was added under); every other field is the same as a one-stream ``Localizer``'s.
+Every event of a stream carries ``source``: the id the stream was added under (``ecm_edge.runtime.engine.
+StreamEngine.add_stream``; a ``Localizer``'s one stream is its ``source`` argument). A stream's ``stats`` also give
+``dropped_snippets`` (snippets dropped because its queue was full) and ``lag_s`` (how long its newest snippet
+waited for a tick). An engine serving several streams adds a process-wide ``stats`` event with ``source`` ``"*"``:
+``streams``, ``snippets_per_s``, ``dropped_snippets`` (all sources), ``lag_s`` (the largest), ``step_ms_p50`` /
+``step_ms_p99`` (per tick).
 
 On the wire (JSONL and webhook sinks) every event also carries ``id``: unique, assigned once when the event is
 first handed to the sinks, and unchanged by webhook retries and spool re-sends (the webhook also sends it as the
@@ -46,6 +50,7 @@ STEP_HISTORY = 1000  # step latencies kept for the percentiles of `stats`
 
 ID_KEY = "id"
 SOURCE_KEY = "source"
+PROCESS_SOURCE = "*"  # the source of the process-wide stats event
 _RUN_TOKEN = uuid.uuid4().hex[:12]  # one per process: ids of different runs never collide
 _COUNTER = itertools.count()  # next() is atomic under the GIL: ids stay unique across threads
 
@@ -71,6 +76,15 @@ def stats_event(fps: float, snippets: int, dropped_frames: int, step_ms_p50: flo
     return {"type": STATS, "fps": round(float(fps), 2), "snippets": int(snippets),
             "dropped_frames": int(dropped_frames), "step_ms_p50": round(float(step_ms_p50), 3),
             "step_ms_p99": round(float(step_ms_p99), 3), "emitted_at": time.time()}
+
+
+def process_stats_event(streams: int, snippets_per_s: float, dropped_snippets: int, lag_s: float,
+                        tick_ms_p50: float, tick_ms_p99: float) -> Event:
+    """The process-wide ``stats`` of a many-stream engine (its ``source`` is :data:`PROCESS_SOURCE`)."""
+    return {"type": STATS, SOURCE_KEY: PROCESS_SOURCE, "streams": int(streams),
+            "snippets_per_s": round(float(snippets_per_s), 2), "dropped_snippets": int(dropped_snippets),
+            "lag_s": _round(lag_s), "step_ms_p50": round(float(tick_ms_p50), 3),
+            "step_ms_p99": round(float(tick_ms_p99), 3), "emitted_at": time.time()}
 
 
 def from_source(events: list[Event], source: str) -> list[Event]:

@@ -1,36 +1,35 @@
-"""The ECM head run incrementally: each new snippet costs one column of work, not a whole window.
+"""The ECM head run incrementally, for many streams at once: each new snippet costs one column of work.
 
 The CAS of snippet t depends on snippets t−2 … t+2 only (two k=3 convolutions with zero padding, then a 1×1
 classifier), so it is final once snippet t+2 has arrived. The layer shapes, the slope and that radius are
 :mod:`ecm_edge.architecture`'s (``KERNEL_SIZE``, ``PADDING``, ``LEAKY_SLOPE``, ``RECEPTIVE_RADIUS``,
-``STREAM_WINDOW``); the numbers in this text are their current values. Two ways to stream it, one contract
-(:class:`StreamingHead`: ``push(features [N, D]) -> cas [M, C]``, ``flush() -> cas [M, C]``):
+``STREAM_WINDOW``); the numbers in this text are their current values. A stream lives in a *slot* of a head
+(:class:`SlotHead`: ``push_many(slots, features) -> cas per slot``, ``flush_many(slots)``); the streaming engine
+(``ecm_edge.runtime.engine``) allocates the slots. Two heads keep that contract:
 
-- :class:`ColumnHead` (the default for deploy folders, torch-free): the per-layer weights are read from
+- :class:`BatchedColumnHead` (deploy folders, torch-free): the per-layer weights are read from
   ``model.safetensors`` with ``safetensors.numpy`` and each layer evaluates exactly one new column per snippet
   (conv1: one 3-tap window → one hidden column; conv2: one window of hidden columns → one column; classifier).
-  It keeps the last two input columns and the last two hidden columns. The offline graph zero-pads the *input*
-  of conv1 and the *hidden* input of conv2, so the stream starts with one zero input column and one zero hidden
-  column, and :meth:`ColumnHead.flush` appends one zero column to each at the end: the streamed CAS equals the
-  full offline pass column for column, the first two and the last two included.
-- :class:`WindowHead` (for exported graphs on ONNX Runtime / TensorRT): the exported streaming graph maps a
-  valid-padding window ``features [1, W, D]`` to the CAS of its ``W − 4`` centre columns. Each step runs a
-  5-column window, which recomputes three conv1 columns and one conv2 column (about twice the work of
-  :class:`ColumnHead`, still independent of the history length). The padded borders — the first two and the
-  last two columns — come from the full graph on the first / last four snippets, which sees exactly the zero
-  padding of the offline pass.
+  Per slot it keeps the last two input columns and the last two hidden columns. The offline graph zero-pads the
+  *input* of conv1 and the *hidden* input of conv2, so a stream starts with one zero input column and one zero
+  hidden column, and a flush appends one zero column to each at the end: the streamed CAS equals the full
+  offline pass column for column, the first two and the last two included. The new columns of all slots are
+  stacked into one matrix product per layer: one stream at a time, each column re-reads every layer's weights
+  (memory-bound); stacked, the weights are read once per call for all streams.
+- :class:`BatchedWindowHead` (exported graphs on ONNX Runtime / TensorRT): the exported streaming graph maps
+  valid-padding windows ``features [B, W, D]`` to the CAS of their ``W − 4`` centre columns; every slot's new
+  5-snippet windows go into one call (about twice the work of a column, still independent of the history). The
+  padded borders — the first two and the last two columns — come from the full graph on the first / last four
+  snippets, which sees exactly the zero padding of the offline pass.
 
-:class:`BatchedColumnHead` is :class:`ColumnHead` for many streams in one process: per-stream state in arrays over
-slots, and every layer evaluated for all streams' new columns with one matrix product (the batched head of
-``ecm_edge.runtime.engine.StreamEngine``).
+:class:`ColumnHead` and :class:`WindowHead` are those heads with one slot (:class:`StreamingHead`, the one-stream
+contract the benchmarks and the torch plugin use). :func:`full_cas` is the offline pass in numpy (the oracle of
+the tests and the "recompute everything" baseline of the benchmark).
 
-:func:`full_cas` is the offline pass in numpy (the oracle of the tests and the "recompute everything" baseline of
-the benchmark).
-
-Both heads also give the transition weights ``W = sigmoid(conv1x1(CAS))`` of the columns their last ``push`` /
-``flush`` returned (:meth:`last_transition_weights`), for the ``weights`` and ``fused`` score sources:
-:class:`ColumnHead` from the ``transition.*`` tensors of the deploy weights, :class:`WindowHead` from the graphs'
-``weights`` output. Heads whose artifacts predate that output return None there.
+Both heads also give the transition weights ``W = sigmoid(conv1x1(CAS))`` of the columns their last call
+returned (``last_transition_weights``), for the ``weights`` and ``fused`` score sources: from the
+``transition.*`` tensors of the deploy weights, or from the graphs' ``weights`` output. Artifacts that predate
+that output give None there.
 """
 
 from __future__ import annotations
@@ -89,6 +88,36 @@ class StreamingHead(Protocol):
         """Release what the head holds (engine sessions); it is unusable afterwards."""
         ...
 
+
+
+class SlotHead(Protocol):
+    """What the stream engine needs from a head: many streams, each in a slot (an index the engine allocates).
+
+    :class:`BatchedColumnHead` (numpy, deploy weights) and :class:`BatchedWindowHead` (exported graphs) keep
+    it; one slot is the one-stream case."""
+
+    feature_dim: int
+    num_classes: int
+
+    def reset(self, slot: int) -> None:
+        """Start a new stream in ``slot``."""
+        ...
+
+    def push_many(self, slots: Sequence[int], features: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Append snippets ``[N_i, D]`` to each slot's stream; each slot's CAS columns that became final."""
+        ...
+
+    def flush_many(self, slots: Sequence[int]) -> list[np.ndarray]:
+        """End each slot's stream: its remaining columns (zero padding at the end); the slots start afresh."""
+        ...
+
+    def last_transition_weights(self) -> list[np.ndarray | None]:
+        """Per slot of the last call, the transition weights of its columns (None without them)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the head holds (engine sessions)."""
+        ...
 
 @dataclass(frozen=True)
 class HeadWeights:
@@ -265,74 +294,42 @@ def _check_features(features: np.ndarray, dim: int) -> np.ndarray:
 
 
 class ColumnHead:
-    """Incremental ECM head in numpy: exactly one new column per layer per snippet."""
+    """One stream's numpy head (:class:`StreamingHead`): a :class:`BatchedColumnHead` with one slot."""
 
     def __init__(self, weights: HeadWeights):
         self.weights = weights
         self.feature_dim, self.num_classes = weights.feature_dim, weights.num_classes
-        self._mats = _ConvMatrices(weights)
+        self._batched = BatchedColumnHead(weights)
         self.reset()
 
     def reset(self) -> None:
-        # PADDING zero columns each: conv1's padding before snippet 0, conv2's padding before hidden column 0
-        self._inputs = _zeros(PADDING, self.feature_dim)
-        self._hidden = _zeros(PADDING, self.weights.hidden_dim)
-        self._received = 0
-        self._last_cas = np.zeros((0, self.num_classes), np.float32)
+        self._batched.reset(0)
 
     def push(self, features: np.ndarray) -> np.ndarray:
-        features = _check_features(features, self.feature_dim)
-        self._received += len(features)
-        self._last_cas = self._advance(np.concatenate([self._inputs, features]), end=False)
-        return self._last_cas
+        return self._batched.push_many([0], [features])[0]
+
+    def flush(self) -> np.ndarray:
+        return self._batched.flush_many([0])[0]
 
     def last_transition_weights(self) -> np.ndarray | None:
-        return self.weights.transition(self._last_cas)
+        return self._batched.last_transition_weights()[0]
 
     def close(self) -> None:
         """Nothing to release: the weights are plain arrays."""
 
-    def flush(self) -> np.ndarray:
-        if self._received == 0:
-            self._last_cas = np.zeros((0, self.num_classes), np.float32)
-            return self._last_cas
-        cas = self._advance(np.concatenate([self._inputs, _zeros(PADDING, self.feature_dim)]), end=True)
-        self.reset()
-        self._last_cas = cas
-        return cas
-
-    def _advance(self, inputs: np.ndarray, end: bool) -> np.ndarray:
-        """Evaluate the windows that ``inputs`` (the kept columns + new ones) complete; keep the last K − 1 input
-        and hidden columns, the context of the next window."""
-        context = CONTEXT
-        new_hidden = self._mats.hidden(inputs) if len(inputs) >= KERNEL_SIZE else inputs[:0, :0]
-        self._inputs = inputs[-context:]
-        parts = [self._hidden] + ([new_hidden] if len(new_hidden) else [])
-        if end:
-            parts.append(_zeros(PADDING, self.weights.hidden_dim))
-        hidden = np.concatenate(parts)
-        self._hidden = hidden[-context:]
-        if len(hidden) < KERNEL_SIZE:
-            return np.zeros((0, self.num_classes), np.float32)
-        return self._mats.cas(hidden)
-
 
 class BatchedColumnHead:
-    """:class:`ColumnHead` for many streams at once: one matrix product per layer for all of them.
+    """The numpy head for many streams: one matrix product per layer for all of their new columns.
 
-    A stream lives in a *slot*, an index into state arrays over slots that hold what :class:`ColumnHead` holds
-    per stream: the last :data:`CONTEXT` input columns ``[S, CONTEXT, D]``, the last :data:`CONTEXT` hidden columns
-    ``[S, CONTEXT, H]`` (right-aligned, with a count of the valid ones: a fresh stream holds only the one zero
-    column of the left padding) and the snippets received. :meth:`push_many` stacks the windows that every
-    slot's new columns complete, multiplies the stack with each layer's weights once (``_ConvMatrices``, the
-    layer math :class:`ColumnHead` runs) and splits the result back per slot. One stream at a time, each column
-    re-reads every layer's weights, so a large head is bound by memory bandwidth; stacked, the weights are read
-    once per call for all streams.
+    State arrays over slots hold, per stream, the last :data:`CONTEXT` input columns ``[S, CONTEXT, D]``, the last
+    :data:`CONTEXT` hidden columns ``[S, CONTEXT, H]`` (right-aligned, with a count of the valid ones: a fresh
+    stream holds only the one zero column of the left padding) and the snippets received. :meth:`push_many`
+    stacks the windows that every slot's new columns complete, multiplies the stack with each layer's weights
+    once (``_ConvMatrices``) and splits the result back per slot.
 
-    Each slot's columns equal :class:`ColumnHead`'s on the same snippets, the borders included, to float32
-    rounding (the matrix library may sum a row in another order when the product has another number of rows).
-    Slots are the caller's to allocate (``ecm_edge.runtime.engine.StreamEngine`` does); :meth:`reset` starts a
-    stream in a slot and grows the arrays when the slot lies beyond them.
+    Each slot's columns equal the offline pass on its snippets, the borders included, to float32 rounding (the
+    matrix library may sum a row in another order when the product has another number of rows). :meth:`reset`
+    starts a stream in a slot and grows the arrays when the slot lies beyond them.
     """
 
     def __init__(self, weights: HeadWeights, capacity: int = 1):
@@ -344,6 +341,7 @@ class BatchedColumnHead:
         self._input_count = np.zeros(0, np.int64)  # valid (right-aligned) columns of each slot's context
         self._hidden_count = np.zeros(0, np.int64)
         self._received = np.zeros(0, np.int64)
+        self._last_cas: list[np.ndarray] = []
         self._grow(max(1, capacity))
 
     @property
@@ -376,7 +374,16 @@ class BatchedColumnHead:
         columns = [_check_features(x, self.feature_dim) for x in features]
         for slot, x in zip(slots, columns, strict=True):
             self._received[self._checked(slot)] += len(x)
-        return self._advance(list(slots), columns, end=False)
+        self._last_cas = self._advance(list(slots), columns, end=False)
+        return self._last_cas
+
+    def last_transition_weights(self) -> list[np.ndarray | None]:
+        """Per slot of the last :meth:`push_many` / :meth:`flush_many`, the transition weights of its columns
+        (None when the deploy weights have no transition tensors)."""
+        return [self.weights.transition(cas) for cas in self._last_cas]
+
+    def close(self) -> None:
+        """Nothing to release (numpy arrays only); here for the engine's head contract."""
 
     def flush(self, slot: int) -> np.ndarray:
         """End the stream in ``slot``: its remaining CAS columns (zero padding at the end); the slot starts
@@ -392,7 +399,8 @@ class BatchedColumnHead:
                        strict=True))
         for slot in slots:
             self.reset(slot)
-        return [cas.get(slot, np.zeros((0, self.num_classes), np.float32)) for slot in slots]
+        self._last_cas = [cas.get(slot, np.zeros((0, self.num_classes), np.float32)) for slot in slots]
+        return self._last_cas
 
     def _advance(self, slots: list[int], new_inputs: list[np.ndarray], end: bool) -> list[np.ndarray]:
         """:meth:`ColumnHead._advance` for every slot at once: each layer's windows of all slots in one
@@ -463,59 +471,146 @@ class WindowRunner(Protocol):
         """Offline graph with zero padding: ``[T, D]`` → ``[T, C]``."""
         ...
 
+    def run_batch(self, graph: str, features: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """One call of the ``offline`` or ``streaming`` graph on a batch ``[B, T, D]``: (CAS ``[B, T', C]``,
+        transition weights of the same shape or None)."""
+        ...
+
 
 class WindowHead:
-    """Incremental head through an exported graph: one STREAM_WINDOW-column valid window per new snippet."""
+    """One stream through an exported graph (:class:`StreamingHead`): a :class:`BatchedWindowHead` with one
+    slot."""
 
     def __init__(self, runner: WindowRunner, feature_dim: int, num_classes: int):
         self.runner = runner
         self.feature_dim, self.num_classes = feature_dim, num_classes
+        self._batched = BatchedWindowHead(runner, feature_dim, num_classes)
         self.reset()
 
     def reset(self) -> None:
-        self._tail = _zeros(0, self.feature_dim)  # the last ≤ STREAM_WINDOW snippets
-        self._received = 0
-        self._weights: list[np.ndarray | None] = []
+        self._batched.reset(0)
 
     def push(self, features: np.ndarray) -> np.ndarray:
-        features = _check_features(features, self.feature_dim)
-        out: list[np.ndarray] = []
-        self._weights = []
-        for column in features:
-            self._tail = np.concatenate([self._tail, column[None]])[-STREAM_WINDOW:]
-            self._received += 1
-            if self._received == STREAM_WINDOW - 1:  # snippets 0..3 give the two padded first columns
-                out.append(self._keep(self.runner.full_cas(self._tail), slice(None, RECEPTIVE_RADIUS)))
-            elif self._received >= STREAM_WINDOW:
-                out.append(self._keep(self.runner.stream_cas(self._tail), slice(None)))
-        return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
+        return self._batched.push_many([0], [features])[0]
 
-    def _keep(self, cas: np.ndarray, rows: slice) -> np.ndarray:
-        """``cas[rows]``, remembering the runner's transition weights of the same rows."""
-        weights = getattr(self.runner, "last_weights", None)
-        self._weights.append(None if weights is None else weights[rows])
-        return cas[rows]
+    def flush(self) -> np.ndarray:
+        return self._batched.flush_many([0])[0]
 
     def last_transition_weights(self) -> np.ndarray | None:
-        if any(w is None for w in self._weights):
-            return None
-        if not self._weights:
-            return np.zeros((0, self.num_classes), np.float32)
-        return np.concatenate(self._weights)
+        return self._batched.last_transition_weights()[0]
+
+    def close(self) -> None:
+        self._batched.close()
+
+
+class BatchedWindowHead:
+    """:class:`WindowHead` for many streams: the windows of every slot's new snippets in one call of the
+    streaming graph (its batch axis is dynamic), the padded borders in one call of the offline graph.
+
+    Per slot it keeps what :class:`WindowHead` keeps (the last :data:`STREAM_WINDOW` snippets and a count);
+    each slot's columns equal :class:`WindowHead`'s on the same snippets, to the engine's rounding at another
+    batch size. The transition weights of the last call's columns come per slot from
+    :meth:`last_transition_weights` (None when the graphs have no ``weights`` output).
+    """
+
+    def __init__(self, runner: WindowRunner, feature_dim: int, num_classes: int):
+        self.runner = runner
+        self.feature_dim, self.num_classes = feature_dim, num_classes
+        self._tails: dict[int, np.ndarray] = {}
+        self._received: dict[int, int] = {}
+        self._last_weights: list[np.ndarray | None] = []
+
+    def reset(self, slot: int) -> None:
+        """Start a new stream in ``slot``."""
+        if slot < 0:
+            raise ValueError(f"slots are non-negative, got {slot}")
+        self._tails[slot] = _zeros(0, self.feature_dim)
+        self._received[slot] = 0
+
+    def received(self, slot: int) -> int:
+        return self._received[self._checked(slot)]
+
+    def push_many(self, slots: Sequence[int], features: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Append ``features[i]`` (``[N_i, D]``) to the stream in ``slots[i]``; each slot's final CAS columns."""
+        if len(slots) != len(features) or len(set(slots)) != len(slots):
+            raise ValueError(f"push_many needs distinct slots, one feature array each; got slots {list(slots)} "
+                             f"and {len(features)} arrays")
+        windows: list[tuple[int, np.ndarray]] = []  # (position in slots, 5-snippet window) → one centre column
+        borders: list[tuple[int, np.ndarray]] = []  # (position, first 4 snippets) → the two padded first columns
+        order: list[list[tuple[str, int]]] = [[] for _ in slots]  # per slot, its columns' sources in order
+        for i, (slot, x) in enumerate(zip(slots, features, strict=True)):
+            tail, received = self._tails[self._checked(slot)], self._received[slot]
+            for column in _check_features(x, self.feature_dim):
+                tail = np.concatenate([tail, column[None]])[-STREAM_WINDOW:]
+                received += 1
+                if received == STREAM_WINDOW - 1:
+                    order[i].append(("border", len(borders)))
+                    borders.append((i, tail))
+                elif received >= STREAM_WINDOW:
+                    order[i].append(("window", len(windows)))
+                    windows.append((i, tail))
+            self._tails[slot], self._received[slot] = tail, received
+        results = {"window": self._run("streaming", [w for _, w in windows], slice(None)),
+                   "border": self._run("offline", [b for _, b in borders], slice(None, RECEPTIVE_RADIUS))}
+        return self._assemble(order, results)
+
+    def flush_many(self, slots: Sequence[int]) -> list[np.ndarray]:
+        """End the streams in ``slots``: their last columns (the offline graph on each one's last snippets)."""
+        order: list[list[tuple[str, int]]] = [[] for _ in slots]
+        short: list[np.ndarray] = []  # streams shorter than the first border: their whole (short) pass
+        tails: list[np.ndarray] = []
+        for i, slot in enumerate(slots):
+            tail, received = self._tails[self._checked(slot)], self._received[slot]
+            self.reset(slot)
+            if received == 0:
+                continue
+            if received < STREAM_WINDOW - 1:
+                order[i].append(("short", len(short)))
+                short.append(tail)
+            else:
+                order[i].append(("end", len(tails)))
+                tails.append(tail[-(STREAM_WINDOW - 1):])
+        results = {"end": self._run("offline", tails, slice(-RECEPTIVE_RADIUS, None)),
+                   "short": [self._run("offline", [t], slice(None))[0] for t in short]}
+        return self._assemble(order, results)
+
+    def last_transition_weights(self) -> list[np.ndarray | None]:
+        """Per slot of the last call, the transition weights of its columns (None without that output)."""
+        return list(self._last_weights)
 
     def close(self) -> None:
         close = getattr(self.runner, "close", None)
         if close is not None:
             close()
 
-    def flush(self) -> np.ndarray:
-        received, tail = self._received, self._tail
-        self.reset()
-        if received == 0:
-            return np.zeros((0, self.num_classes), np.float32)
-        if received < STREAM_WINDOW - 1:  # nothing emitted yet: the full graph over the whole (short) stream
-            return self._keep(self.runner.full_cas(tail), slice(None))
-        return self._keep(self.runner.full_cas(tail[-(STREAM_WINDOW - 1):]), slice(-RECEPTIVE_RADIUS, None))
+    def _run(self, graph: str, inputs: list[np.ndarray], rows: slice
+             ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """The graph on the stacked inputs (all of one length); each item's ``rows`` of CAS and weights."""
+        if not inputs:
+            return []
+        cas, weights = self.runner.run_batch(graph, np.stack(inputs))
+        return [(cas[b, rows], None if weights is None else weights[b, rows]) for b in range(len(inputs))]
+
+    def _assemble(self, order: list[list[tuple[str, int]]],
+                  results: dict[str, list[tuple[np.ndarray, np.ndarray | None]]]) -> list[np.ndarray]:
+        """Each slot's columns in order, and their transition weights for :meth:`last_transition_weights`."""
+        cas_out, weights_out = [], []
+        for parts in order:
+            pieces = [results[kind][index] for kind, index in parts]
+            cas_out.append(np.concatenate([p[0] for p in pieces]) if pieces
+                           else np.zeros((0, self.num_classes), np.float32))
+            if any(p[1] is None for p in pieces):
+                weights_out.append(None)
+            else:
+                weights_out.append(np.concatenate([p[1] for p in pieces]) if pieces
+                                   else np.zeros((0, self.num_classes), np.float32))
+        self._last_weights = weights_out
+        return cas_out
+
+    def _checked(self, slot: int) -> int:
+        if slot not in self._tails:
+            raise ValueError(f"slot {slot} was never reset; reset(slot) starts a stream")
+        return slot
 
 
 class FullPassRunner:
@@ -542,6 +637,23 @@ class FullPassRunner:
             self.last_weights = self.last_weights[RECEPTIVE_RADIUS:-RECEPTIVE_RADIUS]
         return cas
 
+    def run_batch(self, graph: str, features: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """One pass per batch item (an offline pass takes one sequence)."""
+        step = self.stream_cas if graph == "streaming" else self.full_cas
+        cas, weights = [], []
+        for item in features:
+            cas.append(step(item))
+            weights.append(self.last_weights)
+        return np.stack(cas), None if any(w is None for w in weights) else np.stack(weights)
+
+
+def batch_limit(engine: Any) -> int | None:
+    """The largest batch an engine's artifact takes: a TensorRT engine's optimization profile records it in
+    its manifest; ONNX graphs take any batch (None)."""
+    profile = getattr(getattr(engine, "manifest", None), "source", {}).get("profile") or {}
+    limits = [int(shape["max"][0]) for shape in profile.values()]
+    return min(limits) if limits else None
+
 
 class EngineRunner:
     """A :class:`WindowRunner` over the two exported graphs, each loaded by an inference engine
@@ -557,6 +669,18 @@ class EngineRunner:
 
     def stream_cas(self, window: np.ndarray) -> np.ndarray:
         return self._run(self.streaming, window)
+
+    def run_batch(self, graph: str, features: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The graph's batch axis is dynamic: one engine call for the whole batch, or one per
+        :func:`batch_limit` items where the engine's optimization profile caps it."""
+        engine = self.streaming if graph == "streaming" else self.offline
+        limit = batch_limit(engine) or len(features)
+        cas, weights = [], []
+        for first in range(0, len(features), limit):
+            outputs = engine.infer(features[first:first + limit])
+            cas.append(np.asarray(outputs["cas"], np.float32))
+            weights.append(None if outputs.get("weights") is None else np.asarray(outputs["weights"], np.float32))
+        return np.concatenate(cas), None if any(w is None for w in weights) else np.concatenate(weights)
 
     def _run(self, engine: Any, features: np.ndarray) -> np.ndarray:
         outputs = engine.infer(features[None])

@@ -77,13 +77,13 @@ def test_offline_profile_comes_from_the_config(config, opt_t):
     cfg = load_config(config)
     profile = profile_shapes(cfg.export, "offline", cfg.data.feature_dim)
     d = cfg.data.feature_dim
-    assert profile == {"features": ProfileShape((1, 1, d), (1, opt_t, d), (1, 2048, d))}
+    assert profile == {"features": ProfileShape((1, 1, d), (1, opt_t, d), (cfg.export.max_batch, 2048, d))}
 
 
 def test_streaming_profile_is_the_window():
-    export = ExportConfig(max_batch=4, stream_opt_window=9, stream_max_window=32)
+    export = ExportConfig(max_batch=4, stream_opt_batch=2, stream_opt_window=9, stream_max_window=32)
     assert profile_shapes(export, "streaming", 64) == {
-        "features": ProfileShape((1, 5, 64), (1, 9, 64), (4, 32, 64))}
+        "features": ProfileShape((1, 5, 64), (2, 9, 64), (4, 32, 64))}
 
 
 @pytest.mark.parametrize("overrides", [{"min_t": 800}, {"opt_t": 4096}, {"min_t": 0}, {"max_batch": 0}])

@@ -261,7 +261,7 @@ def test_engine_errors_a_user_can_act_on(stream_run, tmp_path):
         engine.push("z", np.zeros(D, np.float32))
     with pytest.raises(DataError, match="end times"):
         engine.push("a", np.zeros((2, D), np.float32), end_times=[1.0])
-    with pytest.raises(CheckpointError, match="numpy head only"):
+    with pytest.raises(CheckpointError, match="export them with"):
         StreamEngine.from_artifacts(tmp_path)
     engine.close()
     with pytest.raises(EcmEdgeError, match="closed"):

@@ -116,8 +116,8 @@ def test_cas_is_final_two_snippets_later(weights):
 def test_one_column_of_work_per_snippet(weights, monkeypatch):
     """Each new snippet evaluates one window per layer, whatever the history length."""
     head = ColumnHead(weights)
-    rows: dict[str, list[int]] = {"hidden": [], "cas": []}
-    mats = head._mats
+    rows: dict[str, list[int]] = {"hidden_of_windows": [], "cas_of_windows": []}
+    mats = head._batched._mats
     for name in rows:
         original = getattr(mats, name)
 
@@ -129,7 +129,7 @@ def test_one_column_of_work_per_snippet(weights, monkeypatch):
         monkeypatch.setattr(mats, name, counting)
     for row in np.random.default_rng(2).normal(size=(200, D)).astype(np.float32):
         head.push(row)
-    assert set(rows["hidden"][1:]) == {1} and set(rows["cas"][2:]) == {1}
+    assert set(rows["hidden_of_windows"][1:]) == {1} and set(rows["cas_of_windows"][2:]) == {1}
 
 
 def test_flush_starts_a_new_stream(weights):
