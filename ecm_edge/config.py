@@ -119,7 +119,8 @@ class ExportConfig:
     min_t: int = 1  # TensorRT optimization profile for T: min / opt / max snippets
     opt_t: int = 750
     max_t: int = 2048
-    max_batch: int = 1
+    max_batch: int = 1024  # TensorRT profile's largest batch: streams whose windows run in one call
+    stream_opt_batch: int = 64  # the streaming graph's profile is tuned for this many streams per call
     workspace_mb: int = 1024  # TensorRT builder workspace limit
     stream_opt_window: int = 5  # TensorRT profile of the streaming graph's window W (snippets): opt ...
     stream_max_window: int = 64  # ... and max (min: the receptive field, 2·radius + 1); larger W catches up after a stall
@@ -153,6 +154,9 @@ class StreamConfig:
     stats_every_s: float = 10.0  # seconds between `stats` events (0: never)
     emit_open: bool = False  # also emit `segment_open` early alerts
     mode: str = "clean"  # post-processing mode used while streaming
+    # causal post-processing of many streams (ecm_edge.runtime.causal): "auto" (cuda with a GPU, else cpu) |
+    # "numpy" (one OnlinePostProcessor per stream, the reference) | "cpu" (numba) | "cuda" (numba CUDA)
+    kernels: str = "auto"
     event_queue: int = 1024  # events waiting for the writer thread that feeds the sinks (the pipeline waits beyond)
     webhook_timeout_s: float = 5.0  # HTTP timeout of one webhook POST
     webhook_retries: int = 3  # POST attempts per event before it goes to the spool file
@@ -160,6 +164,20 @@ class StreamConfig:
     webhook_backoff_max_s: float = 30.0  # cap of that delay
     webhook_queue: int = 1000  # events waiting for delivery; beyond this they go straight to the spool file
     webhook_spool: str = "webhook-spool.jsonl"  # undeliverable events, re-sent first once the receiver is back
+
+
+@dataclass
+class AlertsConfig:
+    """Which detections become ``alert`` events (docs/design.md §7, Alerts) and how ``ecm-edge calibrate`` picks the
+    per-class operating points they use."""
+
+    enabled: bool = True  # alerts from segments at or above their class's operating point (when there are points)
+    min_score: float = 0.0  # > 0: this score is every class's operating point, instead of the calibrated ones
+    min_duration_s: float = 0.0  # shorter segments never alert
+    cooldown_s: float = 30.0  # per source and class: a segment starting within this long after an alert merges into it
+    precision: float = 0.8  # calibrate: the target precision per class on the held-out split
+    tiou: float = 0.5  # calibrate: temporal IoU at which a segment matches a ground-truth instance
+    min_instances: int = 5  # calibrate: a class with fewer held-out instances gets the global operating point
 
 
 @dataclass
@@ -171,6 +189,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     name: str = "custom"  # the config's name (file stem for shipped configs)
 
     @property
@@ -205,6 +224,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "export.calib_method": ("minmax", "percentile"),
     "stream.frame_policy": ("auto", "latest", "all"),
     "stream.mode": POST_MODES,
+    "stream.kernels": ("auto", "numpy", "cpu", "cuda"),
 }
 
 
@@ -262,9 +282,13 @@ RANGES: dict[str, Range] = {
     "post.gamma": NON_NEGATIVE, "post.nms_iou": FRACTION,
     "eval.iou_thresholds": Range(0, 1, low_open=True),
     "export.opset": Range(13), "export.min_t": AT_LEAST_ONE, "export.opt_t": AT_LEAST_ONE,
-    "export.max_t": AT_LEAST_ONE, "export.max_batch": AT_LEAST_ONE, "export.workspace_mb": AT_LEAST_ONE,
+    "export.max_t": AT_LEAST_ONE, "export.max_batch": AT_LEAST_ONE, "export.stream_opt_batch": AT_LEAST_ONE,
+    "export.workspace_mb": AT_LEAST_ONE,
     "export.stream_opt_window": Range(STREAM_WINDOW), "export.stream_max_window": Range(STREAM_WINDOW),
     "export.calib_videos": AT_LEAST_ONE, "export.calib_percentile": Range(0, 100, low_open=True),
+    "alerts.min_score": Range(0, 1), "alerts.min_duration_s": NON_NEGATIVE, "alerts.cooldown_s": NON_NEGATIVE,
+    "alerts.precision": Range(0, 1, low_open=True), "alerts.tiou": Range(0, 1, low_open=True),
+    "alerts.min_instances": AT_LEAST_ONE,
     "stream.horizon": AT_LEAST_ONE, "stream.warmup": NON_NEGATIVE, "stream.reconnect_initial_s": POSITIVE,
     "stream.reconnect_max_s": POSITIVE, "stream.reconnect_attempts": NON_NEGATIVE,
     "stream.open_timeout_s": POSITIVE, "stream.read_timeout_s": POSITIVE, "stream.queue_frames": AT_LEAST_ONE,

@@ -281,24 +281,19 @@ def _streamed_video(paths: _Paths) -> tuple[str, Path]:
 def _stage_stream(paths: _Paths, on_event: EventCallback | None) -> tuple[list[Path], dict[str, Any]]:
     from ecm_edge.runtime.localizer import Localizer
     from ecm_edge.runtime.sinks import JsonlSink
-    from ecm_edge.runtime.sources import open_source
 
     _clear(paths.stream)
     video_id, video = _streamed_video(paths)
     events_path = paths.stream / "events.jsonl"
     localizer = Localizer.from_artifacts(paths.export, STREAM_ENGINE, extractor="tiny",
-                                         sinks=[JsonlSink(events_path)])
+                                         sinks=[JsonlSink(events_path)], source=video_id)
     segments: list[dict[str, Any]] = []
-    localizer.on_event(lambda event: segments.append(event) if event["type"] == "segment" else None)
-    if on_event is not None:
-        localizer.on_event(on_event)
     started = time.perf_counter()
-    with localizer:
-        source = open_source(video, policy="all", config=localizer.config.stream)
-        with source:
-            while (item := source.read()) is not None:
-                localizer.push_frames([item.image], [item.timestamp])
-        localizer.flush()
+    for event in localizer.run(video, realtime=False):  # the file as fast as it decodes; closed at its end
+        if event.type == "segment":
+            segments.append(event.to_dict())
+        if on_event is not None:
+            on_event(event)
     wall = time.perf_counter() - started
     p50, p99 = localizer.stats.percentiles_ms()
     # "backend" (the head's engine) is the key stream.json has always had; report readers rely on it

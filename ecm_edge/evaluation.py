@@ -326,6 +326,40 @@ def _is_number_like(value: Any, pair: bool) -> bool:
 # ---------------------------------------------------------------------------------------------------- scoring
 
 
+@dataclass
+class DetectionMatches:
+    """The scored detections of one tIoU threshold, each with its class and whether the greedy matching paired it
+    with a ground-truth instance; what :func:`evaluate_detections` ranks, and what a per-class score threshold
+    (``ecm_edge.calibration``) is chosen from."""
+
+    class_names: list[str]
+    cls: np.ndarray  # int64 per scored detection: index into class_names
+    score: np.ndarray  # float64 per scored detection
+    true_positive: np.ndarray  # bool per scored detection
+    instances: np.ndarray  # int64 [C]: ground-truth segments per class in the evaluated videos
+    warnings: list[str] = field(default_factory=list)
+    num_ambiguous_removed: int = 0
+    num_unscored: int = 0
+
+
+def match_detections(predictions: Mapping[str, Any] | PredictionTable, ground_truth: Annotations,
+                     iou_threshold: float, *, subset: str | None = None,
+                     ambiguous: Mapping[str, np.ndarray] | None = None, ignore_unknown: bool = False,
+                     keep_unscored: bool = False) -> DetectionMatches:
+    """The matching :func:`evaluate_detections` scores, at one tIoU threshold: every scored detection with its
+    class, score and true-positive flag (each ground-truth instance matched at most once, highest score first).
+    Arguments and input checks as for :func:`evaluate_detections`; ``keep_unscored`` keeps the detections of
+    classes without ground truth in the evaluated videos, as unmatched (false alarms, which mAP cannot score)."""
+    prepared = _prepare(predictions, ground_truth, [iou_threshold], subset, ambiguous, ignore_unknown,
+                        keep_unscored)
+    for message in prepared.warnings:
+        logger.warning(message)
+    return DetectionMatches(class_names=list(prepared.gt.class_names), cls=prepared.cls, score=prepared.score,
+                            true_positive=prepared.tp[0], instances=prepared.gt_counts,
+                            warnings=prepared.warnings, num_ambiguous_removed=prepared.removed,
+                            num_unscored=prepared.unscored)
+
+
 def evaluate_detections(predictions: Mapping[str, Any] | PredictionTable, ground_truth: Annotations,
                         iou_thresholds: Sequence[float], *, subset: str | None = None,
                         ambiguous: Mapping[str, np.ndarray] | None = None,
@@ -336,6 +370,45 @@ def evaluate_detections(predictions: Mapping[str, Any] | PredictionTable, ground
     THUMOS14 protocol. Detections of videos outside the evaluated ground truth, or with a label outside its
     class list, are an error, or with ``ignore_unknown`` dropped with a counted warning.
     """
+    thresholds = check_iou_thresholds(iou_thresholds)
+    prepared = _prepare(predictions, ground_truth, thresholds, subset, ambiguous, ignore_unknown)
+    gt, gt_counts = prepared.gt, prepared.gt_counts
+    ap = _average_precision(prepared.tp, prepared.cls, prepared.by_score, gt_counts)
+    evaluated = np.flatnonzero(gt_counts > 0)
+    mean_ap = ap[:, evaluated].mean(axis=1)
+    for message in prepared.warnings:
+        logger.warning(message)
+    return EvalResult(
+        iou=thresholds,
+        map=[float(m) for m in mean_ap],
+        average=float(mean_ap.mean()),
+        per_class={gt.class_names[c]: [float(a) for a in ap[:, c]] for c in evaluated},
+        num_predictions=int(prepared.cls.size),
+        num_ground_truth=int(gt_counts.sum()),
+        warnings=prepared.warnings,
+        num_ambiguous_removed=prepared.removed,
+        num_unscored=prepared.unscored,
+    )
+
+
+@dataclass
+class _Prepared:
+    """The checked, filtered detections and their greedy matching, shared by mAP and :func:`match_detections`."""
+
+    gt: Annotations
+    gt_counts: np.ndarray
+    cls: np.ndarray
+    score: np.ndarray
+    by_score: np.ndarray
+    tp: np.ndarray  # [num_thresholds, num_scored]
+    warnings: list[str]
+    removed: int
+    unscored: int
+
+
+def _prepare(predictions: Mapping[str, Any] | PredictionTable, ground_truth: Annotations,
+             iou_thresholds: Sequence[float], subset: str | None, ambiguous: Mapping[str, np.ndarray] | None,
+             ignore_unknown: bool, keep_unscored: bool = False) -> _Prepared:
     thresholds = check_iou_thresholds(iou_thresholds)
     gt = _evaluated_ground_truth(ground_truth, subset)
     table = predictions if isinstance(predictions, PredictionTable) else predictions_table(predictions)
@@ -348,7 +421,7 @@ def evaluate_detections(predictions: Mapping[str, Any] | PredictionTable, ground
 
     warnings: list[str] = []
     keep = _known_predictions(table, pred_video, pred_class, subset, ignore_unknown, warnings)
-    unscored = _unscored_classes(table, pred_class, gt_counts, keep)
+    unscored = np.zeros_like(keep) if keep_unscored else _unscored_classes(table, pred_class, gt_counts, keep)
     keep &= ~unscored
     _warn_missing_videos(table, gt, warnings)
     removed = 0
@@ -361,22 +434,7 @@ def evaluate_detections(predictions: Mapping[str, Any] | PredictionTable, ground
     by_score = np.argsort(-score, kind="mergesort")  # stable: equal scores keep the input order
     tp = _match(pred_video[index], cls, table.start[index], table.end[index], by_score,
                 gt_video, gt_class, gt_start, gt_end, len(gt.videos), np.asarray(thresholds))
-    ap = _average_precision(tp, cls, by_score, gt_counts)
-    evaluated = np.flatnonzero(gt_counts > 0)
-    mean_ap = ap[:, evaluated].mean(axis=1)
-    for message in warnings:
-        logger.warning(message)
-    return EvalResult(
-        iou=thresholds,
-        map=[float(m) for m in mean_ap],
-        average=float(mean_ap.mean()),
-        per_class={gt.class_names[c]: [float(a) for a in ap[:, c]] for c in evaluated},
-        num_predictions=int(index.size),
-        num_ground_truth=int(gt_counts.sum()),
-        warnings=warnings,
-        num_ambiguous_removed=removed,
-        num_unscored=int(unscored.sum()),
-    )
+    return _Prepared(gt, gt_counts, cls, score, by_score, tp, warnings, removed, int(unscored.sum()))
 
 
 def _evaluated_ground_truth(ground_truth: Annotations, subset: str | None) -> Annotations:

@@ -54,7 +54,7 @@ def measure_parity(checkpoint: str | Path, data_dir: str | Path, split: str = "t
         streamed[video_id] = [{"label": e["label"], "score": e["score"], "segment": [e["start"], e["end"]]}
                               for e in events if e["type"] == "segment"]
     localizer.close()
-    rate = localizer.resampler.rate
+    rate = localizer.rate
     iou = sorted({PARITY_IOU, *cfg.eval.iou_thresholds})
     at = iou.index(PARITY_IOU)
     offline_eval = evaluate_detections(offline, ground_truth, iou)

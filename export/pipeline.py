@@ -10,6 +10,8 @@ For a stem ``ecm`` (``export.stem``) and precision P the output folder receives
                                GPU are present (``--engine`` asks for them; without TensorRT: a message, no file)
 ``*.json``                     the manifest beside every artifact (:mod:`ecm_edge.manifest`)
 ``validation.md`` / ``.json``  with ``validate``: parity with torch and mAP per precision
+``operating_points.json``      the run's alert operating points (``ecm-edge calibrate``), copied unchanged when
+                               the run has them for these weights, so a stream of this folder finds them
 =============================  ==========================================================================
 
 Every step is reported through ``on_step`` as a :class:`Step` (what, where, size, seconds); the CLI prints one
@@ -32,8 +34,8 @@ import onnx
 from ecm_edge.config import Config, apply_overrides
 from ecm_edge.data.dataset import VideoDataset
 from ecm_edge.environment import cuda_gpu_visible
-from ecm_edge.errors import ConfigError, DataError
-from ecm_edge.io import atomic_write_json, atomic_write_text
+from ecm_edge.errors import CheckpointError, ConfigError, DataError
+from ecm_edge.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ecm_edge.manifest import (
     STREAMING_CONTRACT,
     Manifest,
@@ -43,6 +45,7 @@ from ecm_edge.manifest import (
     sha256_file,
     write_manifest,
 )
+from ecm_edge.operating_points import operating_points_path, read_operating_points
 from ecm_edge.train.deploy import DeployModel, load_deploy, resolve_deploy_path
 
 log = logging.getLogger("ecm_edge")
@@ -115,6 +118,7 @@ def run_export(request: ExportRequest, on_step: Callable[[Step], None] = lambda 
     result = ExportResult(out_dir)
     context = _Context(request, deploy, cfg, weights, sha256_file(weights), out_dir, result, on_step, progress)
     calibration_videos = context.calibration_videos() if request.precision == "int8" else None  # fail early
+    points = context.run_operating_points()  # a malformed file fails before the export, not after it
     fp32 = {graph: context.export_fp32(graph) for graph in ("offline", "streaming")}
     if request.precision == "fp16":
         precise = {graph: context.convert_fp16(graph, path) for graph, path in fp32.items()}
@@ -126,6 +130,7 @@ def run_export(request: ExportRequest, on_step: Callable[[Step], None] = lambda 
     context.build_engines(precise)
     if request.validate is not None:
         context.validate(Path(request.validate))
+    context.carry_operating_points(points)
     warn_about_foreign_artifacts(out_dir, context.weights_sha256)
     return result
 
@@ -280,6 +285,41 @@ class _Context:
                                          timing_cache=self.out_dir / f"{self.cfg.export.stem}.timing.cache")
             self.finish(engine, manifest)
             self.report(f"tensorrt {graph} {self.request.precision} engine", engine, started)
+
+    def run_operating_points(self) -> Path | None:
+        """The run's ``operating_points.json`` when it holds points for these weights; points of other weights
+        (calibrated before the run trained on) are left behind with a warning."""
+        path = operating_points_path(self.weights.parent)
+        points = read_operating_points(self.weights.parent)
+        if points is None:
+            log.info("%s has no alert operating points (ecm-edge calibrate), so this export carries none",
+                     self.weights.parent)
+            return None
+        if points.weights_sha256 not in (None, self.weights_sha256):
+            log.warning("%s was calibrated for other weights than %s, so the export leaves it out; run `ecm-edge "
+                        "calibrate --checkpoint %s --data DIR` and export again", path, self.weights.name,
+                        self.weights.parent)
+            return None
+        return path
+
+    def carry_operating_points(self, source: Path | None) -> None:
+        """Copy the run's operating points beside the artifacts, byte for byte (the stream reads them there)."""
+        target = operating_points_path(self.out_dir)
+        if source is None:
+            if target.is_file() and not self._points_fit(target):
+                log.warning("%s is left from an export of other weights; remove it, or calibrate the run and "
+                            "export again", target)
+            return
+        started = time.perf_counter()
+        atomic_write_bytes(target, source.read_bytes())
+        self.report("alert operating points", target, started)
+
+    def _points_fit(self, path: Path) -> bool:
+        try:
+            points = read_operating_points(path)
+        except CheckpointError:
+            return False
+        return points is not None and points.weights_sha256 == self.weights_sha256
 
     def validate(self, data_dir: Path) -> None:
         from ecm_edge.export import validate as val

@@ -46,3 +46,18 @@ def assert_same_events(got: list[dict], expected: list[dict]) -> None:
                 assert a[key] == pytest.approx(b[key], abs=2e-5), (key, a, b)
             else:
                 assert a[key] == b[key], (key, a, b)
+
+
+def write_video(path: Path, seconds: float, fps: float = 25.0) -> Path:
+    """A 64×48 MJPG video written by OpenCV: a red square that moves during the middle third."""
+    cv2 = pytest.importorskip("cv2")
+    frames = int(seconds * fps)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (64, 48))
+    assert writer.isOpened()
+    for i in range(frames):
+        image = np.full((48, 64, 3), 40, np.uint8)
+        x = 5 + (i % 40) if frames // 3 <= i < 2 * frames // 3 else 5
+        image[10:26, x:x + 16] = (0, 0, 230)
+        writer.write(image)
+    writer.release()
+    return path

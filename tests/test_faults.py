@@ -406,7 +406,7 @@ def bad_feature_files(folder: Path) -> dict[str, tuple[Path, str]]:
     files["truncated"].write_bytes(files["truncated"].read_bytes()[:2000])
     np.save(files["pickled"], np.array([good, good[:5]], dtype=object), allow_pickle=True)
     np.save(files["wrong_dim"], np.ones((100, 128), np.float32))
-    where = {name: f"error: feature file {path}" for name, path in files.items()}
+    where = {name: f"error: source '{name}': feature file {path}" for name, path in files.items()}  # id: the stem
     return {
         "text": (files["text"], f"{where['text']} cannot be read: it is not a .npy file (it does not start with "
                                 "the NumPy file signature; it looks like a text file); re-extract it with np.save, "

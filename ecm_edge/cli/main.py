@@ -21,6 +21,7 @@ from ecm_edge.version import __version__
 
 # name -> (module, attribute, one-line help). Add a command by adding a line here.
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "calibrate": ("ecm_edge.cli.calibrate", "calibrate", "Per-class alert thresholds for a target precision."),
     "checks": ("ecm_edge.cli.checks", "checks", "Show versions, GPUs and optional components."),
     "demo": ("ecm_edge.cli.demo", "demo", "The whole product on generated videos: train, export, stream, report."),
     "bench": ("ecm_edge.cli.bench", "bench", "Benchmark the components against baselines; markdown report."),

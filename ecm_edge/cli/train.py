@@ -42,10 +42,13 @@ SELECTION_METRIC = "map_avg"
                    "after they were corrupted or lost; trains nothing.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes for DistributedDataParallel (runs torchrun; gloo on CPU, NCCL on GPU).")
+@click.option("--calibrate/--no-calibrate", default=True, show_default=True,
+              help="After training, choose the alert operating points on the held-out videos and measure them on "
+                   "the test split (as `ecm-edge calibrate`; RUN/operating_points.json).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.pass_context
 def train(ctx: click.Context, config_name: str, overrides: tuple[str, ...], data_dir: Path | None, name: str | None,
-          project: str, device: str, resume: str | None, redeploy: str | None, nproc: int,
+          project: str, device: str, resume: str | None, redeploy: str | None, nproc: int, calibrate: bool,
           progress: bool | None) -> None:
     """Train ECM (docs/design.md §3) with Adam, evaluating mAP on held-out training videos every epoch.
 
@@ -57,6 +60,7 @@ def train(ctx: click.Context, config_name: str, overrides: tuple[str, ...], data
       ecm-edge train --resume runs/train/exp
       ecm-edge train --config small --data data/small --nproc 2
       ecm-edge train --redeploy runs/train/exp
+      ecm-edge train --config small --data data/small --no-calibrate
     """
     from ecm_edge.train import trainer
     from ecm_edge.train.worker import resolve_run, train_process
@@ -77,19 +81,24 @@ def train(ctx: click.Context, config_name: str, overrides: tuple[str, ...], data
 
     under_torchrun = "WORLD_SIZE" in os.environ
     if nproc > 1 and not under_torchrun:
-        _launch_distributed(nproc, cfg, config_name, overrides, data_dir, project, name, device, resume, run_dir,
-                            progress)
+        summary = _launch_distributed(nproc, cfg, config_name, overrides, data_dir, project, name, device, resume,
+                                      run_dir, progress)
+    else:
+        summary = train_process(cfg, data_dir, project=project, name=name, run_dir=run_dir, device=device,
+                                resume=bool(resume), progress=progress)
+    if summary is None:  # a rank other than 0 under torchrun
         return
-
-    summary = train_process(cfg, data_dir, project=project, name=name, run_dir=run_dir, device=device,
-                            resume=bool(resume), progress=progress)
-    if summary is not None:  # rank 0 (or the only process)
-        _report(summary, data_dir)
+    _report(summary)
+    if calibrate and not summary.already_finished:
+        _calibrate(summary.run_dir, data_dir, progress)
+    if not summary.already_finished:
+        click.echo(f"next: ecm-edge eval --checkpoint {summary.run_dir} --data {data_dir} --split test")
 
 
 def _launch_distributed(nproc: int, cfg: Any, config_name: str, overrides: tuple[str, ...], data_dir: Path,
                         project: str, name: str | None, device: str, resume: str | None, run_dir: Path | None,
-                        progress: bool | None) -> None:
+                        progress: bool | None) -> SimpleNamespace:
+    """Train in ``nproc`` processes under torchrun; the summary read back from the run folder."""
     from ecm_edge.io import next_run_dir
 
     if run_dir is None:
@@ -105,7 +114,7 @@ def _launch_distributed(nproc: int, cfg: Any, config_name: str, overrides: tuple
     code = subprocess.call(command)
     if code != 0:
         raise EcmEdgeError(f"distributed training failed (torchrun exit code {code}); see the messages above")
-    _report(_summary_from_run_dir(Path(run_dir)), data_dir)
+    return _summary_from_run_dir(Path(run_dir))
 
 
 def launch_command(nproc: int, train_args: list[str]) -> list[str]:
@@ -140,7 +149,7 @@ def format_summary_table(summary: Any) -> str:
     return "\n".join(lines)
 
 
-def _report(summary: Any, data_dir: Path) -> None:
+def _report(summary: Any) -> None:
     run_dir = summary.run_dir
     if summary.already_finished:
         click.echo(f"{run_dir} already finished all {summary.epochs} epochs; nothing to do. To train longer, "
@@ -150,4 +159,18 @@ def _report(summary: Any, data_dir: Path) -> None:
         click.echo(f"mAP (%) on the {summary.eval_split} split; best = highest average mAP:")
     click.echo(format_summary_table(summary))
     click.echo(f"run written to {run_dir}: {', '.join(sorted(summary.files))}")
-    click.echo(f"next: ecm-edge eval --checkpoint {run_dir} --data {data_dir} --split test")
+
+
+def _calibrate(run_dir: Path, data_dir: Path, progress: bool | None) -> None:
+    """The alert operating points of the new deploy weights (``ecm-edge calibrate``). A failure leaves the trained
+    run intact: it is a warning with the command to run once the cause is fixed."""
+    from ecm_edge.cli.calibrate import format_points_table, run_calibration
+
+    try:
+        result = run_calibration(run_dir, data_dir, progress=progress)
+    except EcmEdgeError as exc:
+        logger.warning("no alert operating points: %s; once fixed, run `ecm-edge calibrate --checkpoint %s --data "
+                       "%s`", exc, run_dir, data_dir)
+        return
+    click.echo(format_points_table(result.points))
+    click.echo(f"operating points written to {result.path}")

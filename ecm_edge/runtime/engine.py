@@ -44,11 +44,12 @@ from __future__ import annotations
 
 import copy
 import heapq
+import itertools
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ from ecm_edge.deploy_format import DEPLOY_REBUILD
 from ecm_edge.errors import ConfigError, DataError, EcmEdgeError
 from ecm_edge.kernels.score_rows import missing_weights_message
 from ecm_edge.runtime import events as ev
+from ecm_edge.runtime.alerts import AlertPolicy, PointsByClass, with_alerts
 from ecm_edge.runtime.artifacts import (
     artifact_config,
     check_artifacts_folder,
@@ -67,9 +69,10 @@ from ecm_edge.runtime.artifacts import (
     make_extractor,
     match_feature_dim,
 )
+from ecm_edge.runtime.causal import SlotPostProcessor, resolve_kernels
 from ecm_edge.runtime.engines import PrecisionChoice
 from ecm_edge.runtime.head import SlotHead
-from ecm_edge.runtime.online import OnlineParams, OnlinePostProcessor
+from ecm_edge.runtime.online import OnlineParams
 from ecm_edge.runtime.resample import ColumnPlan, ColumnResampler, columns_per_snippet
 from ecm_edge.runtime.sinks import CallbackSink, EventDispatcher, Sink
 from ecm_edge.runtime.snippets import Snippet, snippet_times
@@ -77,7 +80,8 @@ from ecm_edge.runtime.snippets import Snippet, snippet_times
 log = logging.getLogger("ecm_edge")
 
 # Config sections a source may override for itself; the head's keys are shared by every stream of an engine.
-SOURCE_OVERRIDE_SECTIONS = ("post.", "stream.")
+SOURCE_OVERRIDE_SECTIONS = ("post.", "stream.", "alerts.")
+ENDED_KEPT = 4096  # removed streams whose counters stay readable (a process where streams come and go stays bounded)
 SHARED_KEYS = ("stream.columns_per_snippet", "stream.kernels", "stream.queue_snippets", "stream.stats_every_s",
                "stream.event_queue")
 
@@ -115,6 +119,7 @@ class _Stream:
     resampler: ColumnResampler
     post: SlotPostProcessor
     config: Config
+    alerts: AlertPolicy
     queue: deque[_Queued] = field(default_factory=deque)
     pending_times: deque[tuple[float, float]] = field(default_factory=deque)  # columns whose CAS is not final
     last_end: float | None = None  # source time where the newest processed snippet ends (None: a fresh stream)
@@ -168,7 +173,8 @@ class StreamEngine:
 
     def __init__(self, head: SlotHead, class_names: Sequence[str], config: Config, *, extractor: Any = None,
                  sinks: Iterable[Sink] = (), engine: str = "custom", precision: str = "fp32",
-                 precision_reason: str = "", process_stats: bool = True):
+                 precision_reason: str = "", process_stats: bool = True,
+                 operating_points: PointsByClass | None = None):
         if len(class_names) != head.num_classes:
             raise ConfigError(f"{len(class_names)} class names for a head with {head.num_classes} classes")
         self.head, self.class_names, self.config, self.engine = head, list(class_names), config, engine
@@ -180,14 +186,19 @@ class StreamEngine:
         self._extractor: Any = None
         self._posts: dict[OnlineParams, SlotPostProcessor] = {}
         self._streams: dict[str, _Stream] = {}
+        self._ended: OrderedDict[str, _Stream] = OrderedDict()  # streams removed lately, for their counters
         self._free_slots: list[int] = []  # a heap: the lowest free slot is reused first
         self._next_slot = 0
+        self.operating_points = operating_points
         self._process = _ProcessStats() if process_stats else None
         self._stats_since = time.monotonic()
         self._queue_lock = threading.Lock()  # the streams' queues and clocks (push never waits for a tick)
         self._step_lock = threading.RLock()  # ticks, flushes, adding and removing streams
         self._closed = False
         self._post_for(config)  # a score source the head cannot feed fails here, not at the first tick
+        if config.alerts.enabled and not AlertPolicy(config.alerts, operating_points).active:
+            log.debug("stream: no operating points and no alerts.min_score: segments only, no alert events "
+                     "(`ecm-edge calibrate` picks the points)")
 
     @classmethod
     def from_artifacts(cls, path: str | Path, engine: str = "auto", *, config: Config | str | Path | None = None,
@@ -206,13 +217,21 @@ class StreamEngine:
         if extractor is not None:
             extractor = make_extractor(extractor, head.feature_dim, **(extractor_options or {}))
         _log_choice(chosen, folder, choice, head)
+        from ecm_edge.operating_points import read_operating_points
+
         return cls(head, class_names, cfg, extractor=extractor, sinks=sinks, engine=chosen,
-                   precision=choice.precision, precision_reason=choice.reason, **kwargs)
+                   precision=choice.precision, precision_reason=choice.reason,
+                   operating_points=read_operating_points(folder), **kwargs)
 
     # -- streams ----------------------------------------------------------------------------------------------
     @property
     def feature_dim(self) -> int:
         return self.head.feature_dim
+
+    @property
+    def kernels(self) -> str:
+        """What runs the causal post-processing: numpy, cpu or cuda (``stream.kernels`` resolved)."""
+        return resolve_kernels(self.config.stream.kernels)
 
     @property
     def snippet_seconds(self) -> float:
@@ -239,31 +258,37 @@ class StreamEngine:
             self.head.reset(slot)
             post = self._post_for(cfg)
             post.reset(slot)
-            stream = _Stream(source_id, slot, ColumnResampler(self.rate), post, cfg)
+            stream = _Stream(source_id, slot, ColumnResampler(self.rate), post, cfg,
+                             AlertPolicy(cfg.alerts, self.operating_points))
             with self._queue_lock:
                 self._streams[source_id] = stream
             return slot
 
     def remove_stream(self, source_id: str) -> list[ev.Event]:
         """End ``source_id``'s stream (its queued snippets and open segments are processed, as by :meth:`flush`)
-        and free its slot; returns the events that gives (also handed to the sinks)."""
+        and free its slot; returns the events that gives (also handed to the sinks). Its counters stay readable
+        (:meth:`stats`, :meth:`step_stats`) until :data:`ENDED_KEPT` more streams have ended."""
         with self._step_lock:
             events = self.flush(source_id)
             with self._queue_lock:
                 stream = self._streams.pop(source_id)
+                self._ended[source_id] = stream
+                while len(self._ended) > ENDED_KEPT:
+                    self._ended.popitem(last=False)
             heapq.heappush(self._free_slots, stream.slot)
             return events
 
     def stats(self, source_id: str) -> SourceStats:
-        """A copy of the source's counters."""
+        """A copy of the source's counters (also of a stream removed lately)."""
         with self._queue_lock:
-            stream = self._stream(source_id)
+            stream = self._stream_or_ended(source_id)
             stream.stats.queued = len(stream.queue)
             return SourceStats(**vars(stream.stats))
 
     def step_stats(self, source_id: str) -> ev.StepStats:
-        """The source's step latencies and input counters (what its ``stats`` events summarize)."""
-        return self._stream(source_id).steps
+        """The source's step latencies and input counters (what its ``stats`` events summarize; also of a stream
+        removed lately)."""
+        return self._stream_or_ended(source_id).steps
 
     def set_dropped_frames(self, source_id: str, count: int) -> None:
         """The stale frames the source's reader has dropped so far (reported in its ``stats`` events)."""
@@ -408,12 +433,30 @@ class StreamEngine:
                     self.dispatcher.publish(ended)
                     events += ended
                 with self._queue_lock:
+                    for source, stream in self._streams.items():
+                        self._ended[source] = stream
                     self._streams.clear()
                 self._closed = True
             finally:
                 self.dispatcher.close()
                 self.head.close()
             return events
+
+    def run(self, sources: Iterable[Any], *, realtime: bool = True, keep_going: bool = False,
+            stop: threading.Event | None = None) -> Iterator[ev.Event]:
+        """Stream ``sources`` (``SourceSpec`` s, camera indexes, URLs, video or ``.npy`` paths; ids from their
+        names) and yield every event as it happens, each source on its own reader thread
+        (``ecm_edge.runtime.feeds``). Ends when every file source has ended or ``stop`` is set; the engine is
+        closed then (its sinks have every event). ``realtime=False`` replays files as fast as possible."""
+        from ecm_edge.runtime.feeds import run_sources
+        from ecm_edge.runtime.source_specs import spec_for
+
+        specs: list[Any] = []
+        for source in sources:
+            spec = spec_for(source)
+            taken = {s.id for s in specs}
+            specs.append(spec if spec.id not in taken else spec_for(spec, _unused_id(spec.id, taken)))
+        yield from run_sources(self, specs, realtime=realtime, keep_going=keep_going, stop=stop)
 
     def __enter__(self) -> StreamEngine:
         return self
@@ -522,7 +565,7 @@ class StreamEngine:
                                weights=[weights[i] for i in members])
             flushed = post.flush(slots, [streams[i].last_end for i in members]) if end else [[]] * len(members)
             for i, a, b in zip(members, pushed, flushed, strict=True):
-                out[i] = ev.from_source(a + b, streams[i].source)
+                out[i] = with_alerts(ev.from_source(a + b, streams[i].source), streams[i].alerts)
         return out
 
     def _end_streams(self, streams: list[_Stream]) -> list[list[ev.Event]]:
@@ -575,11 +618,11 @@ class StreamEngine:
 
     def _source_stats_event(self, stream: _Stream) -> ev.Event:
         event = stream.steps.event(stream.stats.dropped_frames)
-        event.update(dropped_snippets=stream.stats.dropped, lag_s=round(stream.stats.lag_s, 3))
+        event.dropped_snippets, event.lag_s = stream.stats.dropped, round(stream.stats.lag_s, 3)
         return ev.from_source([self._with_precision(event)], stream.source)[0]
 
-    def _with_precision(self, event: ev.Event) -> ev.Event:
-        event.update(precision=self.precision, precision_reason=self.precision_reason)
+    def _with_precision(self, event: ev.Stats | ev.ProcessStats) -> ev.Event:
+        event.precision, event.precision_reason = self.precision, self.precision_reason
         return event
 
     # -- helpers ----------------------------------------------------------------------------------------------
@@ -590,7 +633,7 @@ class StreamEngine:
         for item in overrides:
             key = str(item).split("=", 1)[0].strip()
             if not key.startswith(SOURCE_OVERRIDE_SECTIONS) or key in SHARED_KEYS:
-                raise ConfigError(f"source {source_id!r}: {key} cannot be set per source (only post.* and "
+                raise ConfigError(f"source {source_id!r}: {key} cannot be set per source (only post.*, alerts.* and "
                                   f"stream.* keys other than {', '.join(SHARED_KEYS)}); set it for the whole "
                                   "engine instead")
         cfg = copy.deepcopy(self.config)
@@ -606,7 +649,7 @@ class StreamEngine:
                 raise EcmEdgeError(missing_weights_message(params.score_source, f"the {self.engine} head's "
                                                            "artifacts", DEPLOY_REBUILD))
             post = self._posts[params] = SlotPostProcessor(params, self.class_names,
-                                                           kernels=getattr(self.config.stream, 'kernels', 'numpy'))
+                                                           kernels=self.config.stream.kernels)
         return post
 
     def _head_gives_weights(self) -> bool:
@@ -632,6 +675,10 @@ class StreamEngine:
             raise ConfigError(f"unknown source {source_id!r} (streaming: {known}); add_stream it first")
         return stream
 
+    def _stream_or_ended(self, source_id: str) -> _Stream:
+        ended = self._ended.get(source_id)
+        return ended if ended is not None and source_id not in self._streams else self._stream(source_id)
+
     def _take_new_slot(self) -> int:
         self._next_slot += 1
         return self._next_slot - 1
@@ -641,25 +688,13 @@ class StreamEngine:
             raise EcmEdgeError("this StreamEngine is closed; create a new one")
 
 
+def _unused_id(base: str, taken: set[str]) -> str:
+    """``base-2``, ``base-3``, ...: the first not in ``taken``."""
+    return next(f"{base}-{n}" for n in itertools.count(2) if f"{base}-{n}" not in taken)
+
+
 def _log_choice(chosen: str, folder: Path, choice: PrecisionChoice, head: SlotHead) -> None:
     """The choice among an export folder's precisions is news; deploy weights always run in fp32."""
     log.log(logging.DEBUG if choice.kind == "weights" else logging.INFO, "stream: %s head from %s in %s",
             chosen, folder, choice.describe())
     log.debug("stream: %d classes, D = %d", head.num_classes, head.feature_dim)
-
-
-class SlotPostProcessor:  # TEMPORARY stand-in until ecm_edge.runtime.causal lands
-    def __init__(self, params, class_names, kernels="numpy", capacity=1):
-        self.params, self.class_names = params, list(class_names)
-        self._posts = {}
-
-    def reset(self, slot):
-        self._posts[slot] = OnlinePostProcessor(self.params, self.class_names)
-
-    def push(self, slots, cas, starts, ends, nows, weights=None):
-        weights = weights or [None] * len(slots)
-        return [self._posts[s].push(c, a, b, n, weights=w)
-                for s, c, a, b, n, w in zip(slots, cas, starts, ends, nows, weights, strict=True)]
-
-    def flush(self, slots, nows):
-        return [self._posts[s].flush(n) for s, n in zip(slots, nows, strict=True)]

@@ -1,4 +1,9 @@
-"""The streaming runtime's events: plain JSON objects, one per line on the wire.
+"""The streaming runtime's events: a dataclass per type, one JSON object per line on the wire.
+
+Each type is a dataclass (:class:`Segment`, :class:`SegmentOpen`, :class:`Alert`, :class:`Stats`,
+:class:`ProcessStats`, :class:`SourceLost`, :class:`SourceRestored`) with typed attributes (``event.label``,
+``event.class_id``) and ``to_dict()``, the JSON object on the wire. An event also reads like that object
+(``event["label"]``, ``event["class"]``) and equals it, so code written against the JSON keeps working.
 
 Types and fields (times in seconds; ``start``/``end``/``time`` on the source's clock, ``emitted_at`` UNIX time):
 
@@ -7,6 +12,9 @@ Types and fields (times in seconds; ``start``/``end``/``time`` on the source's c
   emitted: the ±2-snippet receptive field plus the OIC outer window). Never revised once emitted.
 - ``segment_open``: an early alert that a class became active (optional, ``stream.emit_open``) — ``class``,
   ``label``, ``start``, ``score`` (the causal video score), ``emitted_at``.
+- ``alert``: a segment that reached its class's operating point (``ecm_edge.runtime.alerts``) — ``class``,
+  ``label``, ``start``, ``end``, ``score``, ``min_score`` (the point), ``segment`` (the segment event it came
+  from), ``emitted_at``; right after that segment.
 - ``source_lost`` / ``source_restored``: a live source dropped out / came back (fields from the source).
 - ``stats``: ``fps`` (input frames per second over the last interval; for feature input, snippets × frames per
   snippet), ``snippets`` (processed so far), ``dropped_frames``, ``step_ms_p50`` / ``step_ms_p99`` (head +
@@ -28,23 +36,26 @@ token per process and a counter. Python callbacks get the events as the pipeline
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
 import time
 import uuid
 from collections import deque
-from typing import Any
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
-
-Event = dict[str, Any]
 
 SEGMENT = "segment"
 SEGMENT_OPEN = "segment_open"
 SOURCE_LOST = "source_lost"
 SOURCE_RESTORED = "source_restored"
 STATS = "stats"
+ALERT = "alert"
+EVENT_TYPES = (SEGMENT, SEGMENT_OPEN, ALERT, STATS, SOURCE_LOST, SOURCE_RESTORED)  # what sinks can choose
 
 STEP_HISTORY = 1000  # step latencies kept for the percentiles of `stats`
 
@@ -59,38 +70,182 @@ def _round(seconds: float) -> float:
     return round(float(seconds), 3)
 
 
+def _now() -> float:
+    return time.time()
+
+
+_OPTIONAL = {"optional": True}  # a field left out of the JSON while it is None
+_CLASS_KEY = {"key": "class"}  # ``class`` is a Python keyword: the attribute is ``class_id``
+
+
+class Event(Mapping[str, Any]):
+    """What every event type shares: ``to_dict()`` (the JSON object), read access by JSON key, equality with
+    that object. Subclasses are dataclasses whose fields are the JSON fields in order."""
+
+    type: ClassVar[str]
+    source: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if value is None and f.metadata.get("optional"):
+                continue
+            out[f.metadata.get("key", f.name)] = value
+        return out
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+    def __or__(self, other: Mapping[str, Any]) -> dict[str, Any]:
+        """The JSON object with ``other``'s keys added or replaced (as ``dict | dict``)."""
+        return self.to_dict() | dict(other)
+
+
+@dataclass(eq=False)
+class Segment(Event):
+    """A closed, final detection; never revised once emitted."""
+
+    type: ClassVar[str] = SEGMENT
+    class_id: int = field(metadata=_CLASS_KEY)
+    label: str
+    start: float
+    end: float
+    score: float
+    emitted_at: float
+    latency: float  # source time between the segment's end and the snippet whose arrival let it be emitted
+    source: str | None = field(default=None, metadata=_OPTIONAL)
+
+
+@dataclass(eq=False)
+class SegmentOpen(Event):
+    """An early notice that a class became active (``stream.emit_open``)."""
+
+    type: ClassVar[str] = SEGMENT_OPEN
+    class_id: int = field(metadata=_CLASS_KEY)
+    label: str
+    start: float
+    score: float  # the causal video score
+    emitted_at: float
+    source: str | None = field(default=None, metadata=_OPTIONAL)
+
+
+@dataclass(eq=False)
+class Alert(Event):
+    """A segment that reached its class's operating point (``ecm_edge.runtime.alerts``)."""
+
+    type: ClassVar[str] = ALERT
+    class_id: int = field(metadata=_CLASS_KEY)
+    label: str
+    start: float
+    end: float
+    score: float
+    min_score: float  # the class's operating point
+    segment: dict[str, Any]  # the segment event it came from, as on the wire
+    emitted_at: float
+    source: str | None = field(default=None, metadata=_OPTIONAL)
+
+
+@dataclass(eq=False)
+class Stats(Event):
+    """One stream's figures for the interval since its last ``stats`` event."""
+
+    type: ClassVar[str] = STATS
+    fps: float  # input frames per second (feature input: snippets × frames per snippet)
+    snippets: int  # processed so far
+    dropped_frames: int
+    step_ms_p50: float  # head + post-processing per snippet over the recent steps
+    step_ms_p99: float
+    emitted_at: float
+    precision: str | None = field(default=None, metadata=_OPTIONAL)
+    precision_reason: str | None = field(default=None, metadata=_OPTIONAL)
+    dropped_snippets: int | None = field(default=None, metadata=_OPTIONAL)  # its queue was full
+    lag_s: float | None = field(default=None, metadata=_OPTIONAL)  # how long its newest snippet waited
+    source: str | None = field(default=None, metadata=_OPTIONAL)
+
+
+@dataclass(eq=False)
+class ProcessStats(Event):
+    """A many-stream engine's figures for the whole process (``source`` is :data:`PROCESS_SOURCE`)."""
+
+    type: ClassVar[str] = STATS
+    streams: int
+    snippets_per_s: float
+    dropped_snippets: int  # all sources
+    lag_s: float  # the largest
+    step_ms_p50: float  # per tick
+    step_ms_p99: float
+    emitted_at: float
+    precision: str | None = field(default=None, metadata=_OPTIONAL)
+    precision_reason: str | None = field(default=None, metadata=_OPTIONAL)
+    source: str | None = field(default=None, metadata=_OPTIONAL)
+
+
+@dataclass(eq=False)
+class SourceLost(Event):
+    """A source dropped out (or could not be opened); ``retry_in_s`` None: it is not tried again."""
+
+    type: ClassVar[str] = SOURCE_LOST
+    reason: str
+    retry_in_s: float | None = None
+    timestamp: float | None = field(default=None, metadata=_OPTIONAL)  # on the source's clock
+    wall_time: float | None = field(default=None, metadata=_OPTIONAL)
+    source: str | None = field(default=None, metadata=_OPTIONAL)
+
+
+@dataclass(eq=False)
+class SourceRestored(Event):
+    """A lost source delivers again."""
+
+    type: ClassVar[str] = SOURCE_RESTORED
+    attempts: int
+    downtime_s: float
+    timestamp: float | None = field(default=None, metadata=_OPTIONAL)
+    wall_time: float | None = field(default=None, metadata=_OPTIONAL)
+    source: str | None = field(default=None, metadata=_OPTIONAL)
+
+
 def segment_event(class_id: int, label: str, start: float, end: float, score: float, latency: float,
-                  emitted_at: float | None = None) -> Event:
-    return {"type": SEGMENT, "class": int(class_id), "label": label, "start": _round(start), "end": _round(end),
-            "score": round(float(score), 5), "emitted_at": time.time() if emitted_at is None else emitted_at,
-            "latency": _round(latency)}
+                  emitted_at: float | None = None) -> Segment:
+    return Segment(int(class_id), label, _round(start), _round(end), round(float(score), 5),
+                   _now() if emitted_at is None else emitted_at, _round(latency))
 
 
 def segment_open_event(class_id: int, label: str, start: float, score: float,
-                       emitted_at: float | None = None) -> Event:
-    return {"type": SEGMENT_OPEN, "class": int(class_id), "label": label, "start": _round(start),
-            "score": round(float(score), 5), "emitted_at": time.time() if emitted_at is None else emitted_at}
+                       emitted_at: float | None = None) -> SegmentOpen:
+    return SegmentOpen(int(class_id), label, _round(start), round(float(score), 5),
+                       _now() if emitted_at is None else emitted_at)
 
 
-def stats_event(fps: float, snippets: int, dropped_frames: int, step_ms_p50: float, step_ms_p99: float) -> Event:
-    return {"type": STATS, "fps": round(float(fps), 2), "snippets": int(snippets),
-            "dropped_frames": int(dropped_frames), "step_ms_p50": round(float(step_ms_p50), 3),
-            "step_ms_p99": round(float(step_ms_p99), 3), "emitted_at": time.time()}
+def alert_event(segment: Mapping[str, Any], min_score: float, emitted_at: float | None = None) -> Alert:
+    """The alert a segment produced at its class's operating point ``min_score`` (the segment rides along)."""
+    return Alert(segment["class"], segment["label"], segment["start"], segment["end"], segment["score"],
+                 round(float(min_score), 5), dict(segment), _now() if emitted_at is None else emitted_at,
+                 segment.get(SOURCE_KEY))
+
+
+def stats_event(fps: float, snippets: int, dropped_frames: int, step_ms_p50: float, step_ms_p99: float) -> Stats:
+    return Stats(round(float(fps), 2), int(snippets), int(dropped_frames), round(float(step_ms_p50), 3),
+                 round(float(step_ms_p99), 3), _now())
 
 
 def process_stats_event(streams: int, snippets_per_s: float, dropped_snippets: int, lag_s: float,
-                        tick_ms_p50: float, tick_ms_p99: float) -> Event:
+                        tick_ms_p50: float, tick_ms_p99: float) -> ProcessStats:
     """The process-wide ``stats`` of a many-stream engine (its ``source`` is :data:`PROCESS_SOURCE`)."""
-    return {"type": STATS, SOURCE_KEY: PROCESS_SOURCE, "streams": int(streams),
-            "snippets_per_s": round(float(snippets_per_s), 2), "dropped_snippets": int(dropped_snippets),
-            "lag_s": _round(lag_s), "step_ms_p50": round(float(tick_ms_p50), 3),
-            "step_ms_p99": round(float(tick_ms_p99), 3), "emitted_at": time.time()}
+    return ProcessStats(int(streams), round(float(snippets_per_s), 2), int(dropped_snippets), _round(lag_s),
+                        round(float(tick_ms_p50), 3), round(float(tick_ms_p99), 3), _now(), source=PROCESS_SOURCE)
 
 
 def from_source(events: list[Event], source: str) -> list[Event]:
     """Mark the events one stream of a many-stream engine produced with its ``source`` (in place; returned)."""
     for event in events:
-        event[SOURCE_KEY] = source
+        event.source = source
     return events
 
 

@@ -38,7 +38,7 @@ snippet times continue after the last one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,6 @@ from ecm_edge.runtime import events as ev
 from ecm_edge.runtime.artifacts import HEAD_ENGINES, make_extractor
 from ecm_edge.runtime.engine import StreamEngine
 from ecm_edge.runtime.head import SlotHead
-from ecm_edge.runtime.resample import ColumnResampler
 from ecm_edge.runtime.sinks import Sink
 
 __all__ = ["DEFAULT_SOURCE", "HEAD_ENGINES", "Localizer", "make_extractor"]
@@ -128,8 +127,9 @@ class Localizer:
         return self._engine.snippet_seconds
 
     @property
-    def resampler(self) -> ColumnResampler:
-        return self._engine._stream(self.source).resampler
+    def rate(self) -> float:
+        """Head columns per source snippet (``stream.columns_per_snippet`` resolved)."""
+        return self._engine.rate
 
     @property
     def stats(self) -> ev.StepStats:
@@ -176,6 +176,17 @@ class Localizer:
         self._engine.push_frames(self.source, frames, timestamps)
         return self._engine.process(self.source)
 
+    def run(self, source: Any, *, realtime: bool = True, stop: Any = None) -> Iterator[ev.Event]:
+        """Stream ``source`` (a camera index, a URL, a video or ``.npy`` features path, or a ``SourceSpec``) on its
+        own reader thread and yield every event as it happens (``StreamEngine.run``); its events carry this
+        Localizer's ``source`` id. Ends at the end of a file or when ``stop`` (a ``threading.Event``) is set; the
+        Localizer is closed then."""
+        from ecm_edge.runtime.feeds import run_sources
+        from ecm_edge.runtime.source_specs import spec_for
+
+        self._engine.remove_stream(self.source)
+        yield from run_sources(self._engine, [spec_for(source, self.source)], realtime=realtime, stop=stop)
+
     def flush(self) -> list[ev.Event]:
         """End the stream: close and score the open segments, emit them, wait for the sinks; start afresh."""
         events = self._engine.flush(self.source)
@@ -186,17 +197,14 @@ class Localizer:
         """A ``stats`` event for the interval since the last one (with the head's precision and why)."""
         return self._engine.stats_events()[0]
 
-    def close(self) -> None:
-        """Deliver what is queued, close the sinks and release the head (does not flush; leaving a ``with``
-        block does both)."""
-        self._engine.dispatcher.close()
-        self._engine.head.close()
+    def close(self) -> list[ev.Event]:
+        """Flush the stream (its open segments are emitted), deliver every event to the sinks, close them and
+        release the head; returns the last events. The Localizer is unusable afterwards; a second close does
+        nothing."""
+        return self._engine.close()
 
     def __enter__(self) -> Localizer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        try:
-            self.flush()
-        finally:
-            self.close()
+        self.close()

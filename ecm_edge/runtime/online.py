@@ -17,7 +17,11 @@ The offline post-processing (§5) looks at the whole video; a stream only has th
   score``, the outer mean on the ``thresholded`` values), dropped when the class's current video score is below
   ``post.class_threshold``, and compared with the segments of its class already emitted by ``interval_iou`` in
   the ``stream.mode`` convention and the NMS rule ``suppresses``. Candidates ready at the same step are taken
-  highest score first, as the offline greedy NMS does. What is emitted is final.
+  highest score first, as the offline greedy NMS does, ranked as offline by the score rounded to 2⁻²⁰
+  (``ranking_key``; equal keys in the order the candidates closed). What is emitted is final.
+- **Arithmetic with one order**: the top-k values are summed in float64 from the largest down, outer windows
+  in float64 in column order, the softmax with the C library's ``exp`` and its denominator in class order, so
+  the slot-array kernels (``ecm_edge.runtime.causal``) reproduce these numbers to the bit on the CPU.
 
 - **Score source** (``post.score_source``, as offline): ``cas`` normalizes the CAS column; ``weights`` the
   transition-weight column W with W's running min/max; ``fused`` averages the two normalized columns and
@@ -39,6 +43,7 @@ depends on the whole row and has no causal equivalent; ``stream.mode`` selects t
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,11 +53,11 @@ import numpy as np
 from ecm_edge.architecture import topk_count
 from ecm_edge.config import Config
 from ecm_edge.errors import ConfigError, EcmEdgeError
+from ecm_edge.kernels.detections import ranking_key
 from ecm_edge.kernels.params import PostParams
 from ecm_edge.kernels.reference import (
     interval_iou,
     oic_score,
-    outer_mean,
     outer_reach,
     outer_window,
     stretch_like,
@@ -119,10 +124,7 @@ class CausalScorer:
         self._seen += len(cas_columns)
         filled = min(self._seen, self.horizon)
         window = self._ring[:filled]
-        k = topk_count(len(window), self.topk_ratio)
-        top_mean = np.partition(window, len(window) - k, axis=0)[len(window) - k:].mean(axis=0)
-        scores = np.exp(top_mean - top_mean.max())
-        scores /= scores.sum()
+        scores = softmax(top_k_means(window, topk_count(len(window), self.topk_ratio)))
         normalized = stretch_like(cas_columns, window, axis=0)
         if self.score_source == "cas":
             return scores, normalized
@@ -142,6 +144,30 @@ class CausalScorer:
         """Store columns at their ring slots, in order (with more columns than slots the newest stay)."""
         for slot, column in zip(slots, columns, strict=True):
             ring[slot] = column
+
+
+def top_k_means(window: np.ndarray, k: int) -> np.ndarray:
+    """Per class (axis 1), the mean of the k largest values of ``window`` ``[n, C]``: those values sorted
+    descending and summed one after another in float64. The order is part of the contract: every kernel
+    (``ecm_edge.kernels.causal_cpu``, ``causal_cuda``) sums them in it, so all get the same bits."""
+    top = np.sort(window, axis=0)[::-1][:k]
+    return sequential_sum(top) / k
+
+
+def softmax(means: np.ndarray) -> np.ndarray:
+    """Softmax over classes in float64: ``exp`` per class with the C library's ``math.exp`` (numpy's vectorized
+    exp rounds some results differently from it, and the compiled kernels call the C library's), the
+    denominator summed in class order."""
+    shifted = means - means.max()
+    exps = np.array([math.exp(value) for value in shifted.tolist()], np.float64)
+    return exps / sequential_sum(exps)
+
+
+def sequential_sum(values: np.ndarray) -> np.ndarray:
+    """Sum along axis 0 in float64, one value after another (numpy's pairwise summation uses another order)."""
+    if len(values) == 0:
+        return np.zeros(np.shape(values)[1:], np.float64)
+    return np.cumsum(values, axis=0, dtype=np.float64)[-1]
 
 
 @dataclass
@@ -246,8 +272,9 @@ class SegmentTracker:
         column ``newest``; the inner mean is the running one (the history may not hold the whole run)."""
         oldest = max(0, self._index - self.history + 1)
         window = outer_window(cand.first, cand.last, self.post.oic_lambda, oldest, newest + 1)
-        values = self._values[window % self.history, cand.class_id]
-        outer = outer_mean(thresholded(values, self.thresholds[cand.threshold_index]))
+        values = thresholded(self._values[window % self.history, cand.class_id],
+                             self.thresholds[cand.threshold_index])
+        outer = float(sequential_sum(values)) / len(values) if len(values) else 0.0
         return oic_score(cand.inner_sum / cand.length, outer, float(video_scores[cand.class_id]), self.post.gamma)
 
     def _emit(self, ready: list[_Candidate], video_scores: np.ndarray, now: float,
@@ -255,7 +282,7 @@ class SegmentTracker:
         newest = self._index if stream_end is None else stream_end
         keep = [cand for cand in ready if video_scores[cand.class_id] >= self.post.class_threshold]
         scored = sorted(((self._oic_score(cand, video_scores, newest), cand) for cand in keep),
-                        key=lambda pair: -pair[0])
+                        key=lambda pair: -ranking_key(pair[0]))
         events: list[ev.Event] = []
         for score, cand in scored:
             if self._suppressed(cand):

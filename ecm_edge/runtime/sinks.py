@@ -6,7 +6,11 @@ through a bounded queue and goes on; the thread feeds every sink, and a sink tha
 traceback only at debug level) and skipped, never allowed to stop the stream. What a sink could not write is
 counted and reported by :meth:`EventDispatcher.losses` (``ecm-edge stream`` then exits 1 with one line).
 
-Events on the wire (JSONL, webhook) carry an ``id`` (:func:`~ecm_edge.runtime.events.with_id`), assigned once
+Every sink chooses the event types it receives (``types={"segment", "alert"}``; None: all of them,
+:data:`~ecm_edge.runtime.events.EVENT_TYPES`); the dispatcher filters, so a sink class needs nothing for it.
+:func:`parse_event_types` turns a command-line list (``segment,alert``) into that set.
+
+Events on the wire (JSONL, webhook, MQTT) carry an ``id`` (:func:`~ecm_edge.runtime.events.with_id`), assigned once
 per event by the dispatcher, so a webhook retry or spool re-send repeats the same id.
 
 :class:`WebhookSink` never drops an event silently: each event is POSTed (one JSON object per request, its id
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import difflib
 import hashlib
 import http.client
 import json
@@ -41,7 +46,7 @@ from typing import IO, Any
 
 from ecm_edge.errors import ConfigError, EcmEdgeError
 from ecm_edge.io import atomic_path
-from ecm_edge.runtime.events import ID_KEY, Event, to_json_line, with_id
+from ecm_edge.runtime.events import EVENT_TYPES, ID_KEY, Event, to_json_line, with_id
 
 log = logging.getLogger("ecm_edge")
 
@@ -51,6 +56,7 @@ _ABORT_GRACE_S = 1.0  # after close stopped waiting: how long the writer gets to
 SPOOL_LINE_MAX = 1 << 20  # bytes; a longer spool line is not an event of ours and is skipped
 MEMORY_BACKLOG = 10_000  # events held in memory while the spool cannot be written; beyond, the oldest go
 _COPY_CHUNK = 1 << 20  # bytes per read when a spool is counted or compacted
+_FRONT, _BACKLOG = -1, -2  # where a handed-out spool line came from, when not from the file (file: offset >= 0)
 
 
 def describe_error(exc: BaseException | None) -> str:
@@ -88,14 +94,61 @@ class SinkLoss:
         return f"{self.count} event{'' if self.count == 1 else 's'} {self.verb} {self.where} ({self.reason})"
 
 
+ALL_TYPES = "all"  # the word for every event type in a command-line list
+
+
+def event_types(types: Iterable[str] | None) -> frozenset[str] | None:
+    """The event types a sink receives, checked against :data:`EVENT_TYPES` (None: every type)."""
+    if types is None:
+        return None
+    if isinstance(types, str):
+        raise TypeError("give event types as a set of names, e.g. {'segment', 'alert'} (parse_event_types "
+                        "reads 'segment,alert')")
+    chosen = frozenset(types)
+    unknown = sorted(chosen - set(EVENT_TYPES))
+    if unknown:
+        raise ConfigError(_unknown_types_message(unknown, ", ".join(sorted(chosen))))
+    return chosen
+
+
+def parse_event_types(spec: str | None) -> frozenset[str] | None:
+    """``"segment,alert"`` → ``{"segment", "alert"}`` for a sink's ``types``; None, ``""`` or ``"all"`` → None
+    (every type). An unknown name is a :class:`ConfigError` listing the known ones (and the closest)."""
+    if spec is None or spec.strip() in ("", ALL_TYPES):
+        return None
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in EVENT_TYPES]
+    if unknown:
+        raise ConfigError(_unknown_types_message(unknown, spec))
+    return frozenset(names)
+
+
+def _unknown_types_message(unknown: list[str], spec: str) -> str:
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, EVENT_TYPES, n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return (f"unknown event type {', '.join(hints)} in {spec!r}; the types are {', '.join(EVENT_TYPES)} "
+            f"(comma-separated, or {ALL_TYPES!r} for every type)")
+
+
 class Sink:
     """Base of the sinks: ``write(event)``, ``close()``, and the context-manager protocol.
 
     ``wire`` sinks serialize events and get them with their ``id``; the others (callbacks) get the event dicts
-    the pipeline returns.
+    the pipeline returns. ``types`` is the set of event types the sink receives (None: all); the
+    :class:`EventDispatcher` applies it through :meth:`accepts`, so subclasses only pass it on.
     """
 
     wire = False
+    types: frozenset[str] | None = None  # a subclass that does not call __init__ receives every type
+
+    def __init__(self, types: Iterable[str] | None = None):
+        self.types = event_types(types)
+
+    def accepts(self, event: Event) -> bool:
+        """Whether this sink receives ``event`` (its type is one of :attr:`types`)."""
+        return self.types is None or event.get("type") in self.types
 
     def write(self, event: Event) -> None:
         raise NotImplementedError
@@ -128,7 +181,8 @@ class JsonlSink(Sink):
 
     wire = True
 
-    def __init__(self, target: str | Path | IO[str] = "-"):
+    def __init__(self, target: str | Path | IO[str] = "-", *, types: Iterable[str] | None = None):
+        super().__init__(types)
         self._fd: int | None = None  # written with os.write (files, stdout)
         self._text: IO[str] | None = None  # a stream without a file descriptor (StringIO, captured stdout)
         self._owned = False
@@ -244,7 +298,8 @@ def _cut_back(fd: int, written: int) -> bool:
 class CallbackSink(Sink):
     """Calls ``fn(event)``; an exception is logged in one line and the stream goes on."""
 
-    def __init__(self, fn: Callable[[Event], Any]):
+    def __init__(self, fn: Callable[[Event], Any], *, types: Iterable[str] | None = None):
+        super().__init__(types)
         self.fn = fn
         self.failures = 0
 
@@ -258,29 +313,43 @@ class CallbackSink(Sink):
 
 
 class Spool:
-    """The webhook's undelivered events, oldest first: a JSONL file read from an offset, then a memory backlog.
+    """Undelivered events, oldest first: lines put back in front (memory), a JSONL file read from an offset,
+    then a memory backlog. Used by the webhook and MQTT sinks (``owner`` names the sink in log lines).
 
     - :meth:`append` never raises: lines go to the end of the file; when the file cannot be written (disk full,
       file-size limit, a device such as ``/dev/full``) they wait in a backlog of at most ``memory_events``
       events, and beyond that the oldest are dropped and counted in :attr:`dropped`. The backlog goes to the file
       first as soon as it can be written, so the order stays oldest first.
-    - :meth:`resend` reads the file line by line from :attr:`offset` (never the whole file, and only a regular
-      file: reading a device could be endless), then the backlog, and stops at the first event not delivered.
-    - :meth:`close` drops the delivered part from the file (a streamed copy), or removes the file once empty.
+    - :meth:`take` hands out waiting lines oldest first without removing them; :meth:`ack` removes the oldest
+      handed-out lines once they are delivered, :meth:`release` hands them out again after a failed delivery.
+      So a sink may keep several events in flight (MQTT) and still lose none when the link drops.
+      :meth:`push_front` puts events that were in flight from memory back before everything else.
+    - The file is read line by line from :attr:`offset` (never whole, and only a regular file: reading a device
+      could be endless); a line that is not a JSON object is skipped and counted in :attr:`skipped`.
+    - :meth:`resend` is the one-at-a-time form of take / ack / release (the webhook).
+    - :meth:`close` drops the delivered part from the file (a streamed copy, with the lines put in front first),
+      or removes the file once empty.
 
     Thread-safe; the file is never read and written at once.
     """
 
-    def __init__(self, path: str | Path, memory_events: int = MEMORY_BACKLOG):
+    def __init__(self, path: str | Path, memory_events: int = MEMORY_BACKLOG, owner: str = "webhook"):
         self.path = Path(path)
         self.memory_events = max(1, memory_events)
+        self.owner = owner
         self.offset = 0  # bytes of the file already delivered (or skipped)
         self.written = 0  # events appended to the file
         self.dropped = 0  # events lost: neither in the file nor in memory
         self.skipped = 0  # spool lines that were not JSON events (damaged), left out of the re-send
         self.error: str | None = None  # why the file could not be written, last time
+        self._front: collections.deque[bytes] = collections.deque()  # put back by push_front, oldest of all
         self._backlog: collections.deque[bytes] = collections.deque()
-        self._file_line = 0  # bytes of the file line handed out by _next_line, consumed once delivered
+        self._taken: collections.deque[int] = collections.deque()  # per handed-out line: _FRONT, _BACKLOG or
+        #                                                              the file offset just after it
+        self._front_out = 0  # lines of _front handed out
+        self._backlog_out = 0  # lines of _backlog handed out
+        self._cursor = 0  # file offset after the lines handed out (and the damaged ones skipped)
+        self._skipped_to = 0  # damaged lines before this offset are counted already
         self._read_error = False  # an unreadable spool was reported
         self._lock = threading.Lock()
         self._closed = False
@@ -303,20 +372,49 @@ class Spool:
             else:
                 self.written += len(lines)
 
+    def push_front(self, lines: Iterable[bytes]) -> None:
+        """Put events back before everything waiting (events that were in flight from memory when the link
+        dropped; a sink's in-flight window bounds them). Kept in memory, written to the file's front at close."""
+        with self._lock:
+            self._front.extendleft(reversed(list(lines)))
+
     def _flush_backlog(self) -> bool:
         """Move the memory backlog to the file; True when the backlog is empty afterwards."""
         if not self._backlog:
             return True
+        end = self._file_size()
         try:
             self._append_file(b"".join(self._backlog))
         except OSError as exc:
             self._file_failed(exc)
             return False
+        self._backlog_moved(end)
         moved = len(self._backlog)
         self.written += moved
         self._backlog.clear()
-        log.warning("webhook spool %s can be written again; %d events moved there from memory", self.path, moved)
+        log.warning("%s spool %s can be written again; %d events moved there from memory", self.owner,
+                    self.path, moved)
         return True
+
+    def _backlog_moved(self, end: int) -> None:
+        """Handed-out backlog lines now sit in the file from offset ``end``: track them as file lines."""
+        if not self._backlog_out:
+            return
+        position = end
+        entries = list(self._taken)
+        first = len(entries) - self._backlog_out  # backlog lines are always the last ones handed out
+        for i in range(first, len(entries)):
+            position += len(self._backlog[i - first])
+            entries[i] = position
+        self._taken = collections.deque(entries)
+        self._cursor, self._backlog_out = position, 0
+
+    def _file_size(self) -> int:
+        try:
+            info = self.path.stat()
+        except OSError:
+            return 0
+        return info.st_size if stat.S_ISREG(info.st_mode) else 0
 
     def _append_file(self, data: bytes) -> None:
         """Append all of ``data`` or nothing: a partly written tail is cut off again."""
@@ -341,19 +439,20 @@ class Spool:
         first = self.error is None
         self.error = describe_error(exc)
         if first:
-            log.error("webhook spool %s cannot be written (%s); undelivered events wait in memory (at most %d, "
-                      "then the oldest are dropped and counted)", self.path, self.error, self.memory_events)
+            log.error("%s spool %s cannot be written (%s); undelivered events wait in memory (at most %d, "
+                      "then the oldest are dropped and counted)", self.owner, self.path, self.error,
+                      self.memory_events)
             log.debug("traceback of that failure:", exc_info=True)
 
     def _hold(self, lines: list[bytes]) -> None:
         self._backlog.extend(lines)
-        excess = len(self._backlog) - self.memory_events
-        for _ in range(max(0, excess)):
-            self._backlog.popleft()
+        excess = min(len(self._backlog) - self.memory_events, len(self._backlog) - self._backlog_out)
+        for _ in range(max(0, excess)):  # the oldest not in flight (a sink's window bounds those)
+            del self._backlog[self._backlog_out]
         if excess > 0:
             if self.dropped == 0:
-                log.error("webhook spool %s full and %d events held in memory: dropping the oldest (counted)",
-                          self.path, self.memory_events)
+                log.error("%s spool %s full and %d events held in memory: dropping the oldest (counted)",
+                          self.owner, self.path, self.memory_events)
             self.dropped += excess
 
     # -- reading --------------------------------------------------------------------------------------------
@@ -364,90 +463,141 @@ class Spool:
             return False
 
     def pending(self) -> bool:
-        """Whether any event waits: in the file beyond the offset, or in memory."""
+        """Whether any event waits (handed out but not yet acknowledged ones included)."""
         with self._lock:
-            return bool(self._backlog) or self._file_pending()
+            return bool(self._front or self._backlog) or self._file_pending(self.offset)
 
-    def _file_pending(self) -> bool:
+    def _file_pending(self, position: int) -> bool:
         try:
             info = self.path.stat()
         except OSError:
             return False
-        return stat.S_ISREG(info.st_mode) and info.st_size > self.offset
+        return stat.S_ISREG(info.st_mode) and info.st_size > position
 
-    def resend(self, post: Callable[[bytes], bool]) -> tuple[int, bool]:
-        """Hand waiting events to ``post`` oldest first until it returns False: (events sent, nothing left)."""
-        sent = 0
-        while not self._closed:
-            line = self._next_line()
-            if line is None:
-                return sent, self._drained()
-            if not post(line):
-                return sent, False
-            with self._lock:
-                if self._closed:
+    def take(self, count: int) -> list[bytes]:
+        """Up to ``count`` waiting events after those already handed out, oldest first, not yet removed."""
+        with self._lock:
+            lines: list[bytes] = []
+            while len(lines) < count and not self._closed:
+                line = self._next_line()
+                if line is None:
                     break
-                self._consume(line)
-            sent += 1
-        return sent, False
+                lines.append(line)
+            return lines
 
     def _next_line(self) -> bytes | None:
-        """The oldest waiting event (its JSON line), without consuming it; None when none waits."""
-        with self._lock:
-            while self._file_pending():
-                try:
-                    raw = self._read_line()
-                except OSError as exc:  # unreadable (permissions, I/O error): the backlog can still go out
-                    self._read_failed(exc)
-                    break
-                line = raw.strip()
-                if line and len(raw) <= SPOOL_LINE_MAX and _is_json_object(line):
-                    self._file_line = len(raw)
-                    return line + b"\n"
-                self.offset += len(raw) or 1
-                if line:
-                    self.skipped += 1
-                    log.warning("webhook spool %s: skipped a damaged line at byte %d (not a JSON event)",
-                                self.path, self.offset - len(raw))
-            self._file_line = 0
-            return self._backlog[0] if self._backlog else None
+        """Hand out the next waiting line (front, file, backlog) and remember where it came from."""
+        if self._front_out < len(self._front):
+            self._front_out += 1
+            self._taken.append(_FRONT)
+            return self._front[self._front_out - 1]
+        line = self._next_file_line()
+        if line is not None:
+            self._taken.append(self._cursor)
+            return line
+        if self._read_error and self._file_pending(self._cursor):
+            return None  # the unreadable file holds older events: nothing newer goes out before them
+        if self._backlog_out < len(self._backlog):
+            self._backlog_out += 1
+            self._taken.append(_BACKLOG)
+            return self._backlog[self._backlog_out - 1]
+        return None
 
-    def _read_line(self) -> bytes:
+    def _next_file_line(self) -> bytes | None:
+        """The next JSON line of the file after the cursor (damaged lines skipped), or None."""
+        self._cursor = max(self._cursor, self.offset)
+        while self._file_pending(self._cursor):
+            try:
+                raw = self._read_line(self._cursor)
+            except OSError as exc:  # unreadable (permissions, I/O error): reported, tried again later
+                self._read_failed(exc)
+                return None
+            self._read_error = False
+            line = raw.strip()
+            start, self._cursor = self._cursor, self._cursor + (len(raw) or 1)
+            if line and len(raw) <= SPOOL_LINE_MAX and _is_json_object(line):
+                return line + b"\n"
+            if line and start >= self._skipped_to:
+                self.skipped += 1
+                log.warning("%s spool %s: skipped a damaged line at byte %d (not a JSON event)", self.owner,
+                            self.path, start)
+            self._skipped_to = max(self._skipped_to, self._cursor)
+        if not self._taken:
+            self.offset = self._cursor  # only damaged lines were left: they count as done
+        return None
+
+    def _read_line(self, position: int) -> bytes:
         with open(self.path, "rb") as f:
-            f.seek(self.offset)
+            f.seek(position)
             return f.readline(SPOOL_LINE_MAX + 1)
 
     def _read_failed(self, exc: OSError) -> None:
         if not self._read_error:
             self._read_error = True
-            log.error("webhook spool %s cannot be read (%s); its events are not re-sent until it can be",
+            log.error("%s spool %s cannot be read (%s); its events are not re-sent until it can be", self.owner,
                       self.path, describe_error(exc))
 
-    def _consume(self, line: bytes) -> None:
-        if self._file_line:
-            self.offset += self._file_line
-            self._file_line = 0
-        elif self._backlog and self._backlog[0] is line:
-            self._backlog.popleft()
+    def ack(self, count: int) -> None:
+        """The oldest ``count`` handed-out events were delivered: remove them."""
+        with self._lock:
+            for _ in range(min(count, len(self._taken))):
+                where = self._taken.popleft()
+                if where == _FRONT:
+                    self._front.popleft()
+                    self._front_out -= 1
+                elif where == _BACKLOG:
+                    self._backlog.popleft()
+                    self._backlog_out -= 1
+                else:
+                    self.offset = where
+            if not self._taken:
+                self.offset = max(self.offset, self._cursor)  # damaged lines skipped after the last one
+
+    def release(self) -> None:
+        """The handed-out events that were not acknowledged are handed out again, in the same order."""
+        with self._lock:
+            self._release()
+
+    def _release(self) -> None:
+        self._taken.clear()
+        self._front_out = self._backlog_out = 0
+        self._cursor = self.offset
+
+    def resend(self, post: Callable[[bytes], bool]) -> tuple[int, bool]:
+        """Hand waiting events to ``post`` oldest first until it returns False: (events sent, nothing left)."""
+        sent = 0
+        while not self._closed:
+            lines = self.take(1)
+            if not lines:
+                return sent, self._drained()
+            if not post(lines[0]):
+                self.release()
+                return sent, False
+            if self._closed:
+                break
+            self.ack(1)
+            sent += 1
+        return sent, False
 
     def _drained(self) -> bool:
         """Nothing waits any more: the file is removed and reading starts over (True), else False."""
         with self._lock:
-            if self._backlog or self._file_pending():
+            if self._front or self._backlog or self._file_pending(self.offset):
                 return False
             if self._is_file():  # all of it delivered (or an empty leftover)
                 with contextlib.suppress(OSError):
                     self.path.unlink()
-            self.offset = 0
+            self.offset = self._cursor = self._skipped_to = 0
             return True
 
     def count(self) -> int:
-        """Events waiting: lines in the file beyond the offset (counted in chunks) plus the memory backlog."""
+        """Events waiting: the lines put in front, lines in the file beyond the offset (counted in chunks) and
+        the memory backlog."""
         with self._lock:
-            return self._count_file() + len(self._backlog)
+            return len(self._front) + self._count_file() + len(self._backlog)
 
     def _count_file(self) -> int:
-        if not self._file_pending():
+        if not self._file_pending(self.offset):
             return 0
         lines, last = 0, b"\n"
         try:
@@ -462,35 +612,51 @@ class Spool:
 
     # -- closing --------------------------------------------------------------------------------------------
     def close(self) -> int:
-        """Keep only what waits: backlog to the file, delivered part cut off. Returns the events lost now."""
+        """Keep only what waits, in order: front lines, the file's undelivered part, the backlog. Returns the
+        events lost now (those that could be kept neither in the file nor anywhere else)."""
         with self._lock:
             if self._closed:
                 return 0
             self._closed = True
+            self._release()
             lost = 0
             if not self._flush_backlog():
                 lost = len(self._backlog)
-                self.dropped += lost
                 self._backlog.clear()
-            if self.offset and self._is_file():
-                self._compact()
+            if self._front or (self.offset and self._is_file()):
+                lost += self._compact()
+            self.dropped += lost
             return lost
 
-    def _compact(self) -> None:
-        """Drop the delivered first ``offset`` bytes: a streamed copy of the rest, renamed over the file."""
+    def _compact(self) -> int:
+        """Rewrite the file as the front lines plus its undelivered part (a streamed copy renamed over it);
+        returns the front lines lost when that is impossible."""
+        front = b"".join(self._front)
         try:
-            if self.path.stat().st_size <= self.offset:
+            if not self._is_file():
+                if front:
+                    self._append_file(front)  # nothing to keep order with (no file, or a device)
+            elif not front and self.path.stat().st_size <= self.offset:
                 self.path.unlink()
             else:
                 with atomic_path(self.path) as tmp, open(self.path, "rb") as src, open(tmp, "wb") as dst:
+                    dst.write(front)
                     src.seek(self.offset)
                     while chunk := src.read(_COPY_CHUNK):
                         dst.write(chunk)
+            self.written += len(self._front)
+            self._front.clear()
             self.offset = 0
+            return 0
         except OSError as exc:  # no room for the copy: the delivered events are sent again next time
-            log.warning("webhook spool %s: could not drop the %d delivered bytes (%s); they are sent again on the "
-                        "next run (each event keeps its id, so receivers can drop repeats)", self.path, self.offset,
-                        describe_error(exc))
+            lost = len(self._front)
+            self._front.clear()
+            self.error = describe_error(exc)
+            log.warning("%s spool %s: could not rewrite it without the %d delivered bytes (%s); they are sent "
+                        "again on the next run (each event keeps its id, so receivers can drop repeats)%s",
+                        self.owner, self.path, self.offset, self.error,
+                        f", and {lost} events that were in flight are lost" if lost else "")
+            return lost
 
 
 def _is_json_object(line: bytes) -> bool:
@@ -517,7 +683,9 @@ class WebhookSink(Sink):
 
     def __init__(self, url: str, spool: str | Path, *, timeout_s: float = 5.0, retries: int = 3,
                  backoff_s: float = 0.5, backoff_max_s: float = 30.0, queue_size: int = 1000,
-                 close_timeout_s: float = 10.0, memory_events: int = MEMORY_BACKLOG):
+                 close_timeout_s: float = 10.0, memory_events: int = MEMORY_BACKLOG,
+                 types: Iterable[str] | None = None):
+        super().__init__(types)
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"webhook URL must start with http:// or https://, got {url!r}")
         self.url, self.spool = url, Path(spool)
@@ -823,9 +991,12 @@ class EventDispatcher:
                 self._queue.task_done()
 
     def _hand_over(self, event: Event) -> None:
-        """Give one event to every sink; wire sinks get it with its id (the same one for all of them)."""
+        """Give one event to every sink that takes its type; wire sinks get it with its id (the same one for all
+        of them)."""
         stamped: Event | None = None
         for sink in self._sinks:
+            if not sink.accepts(event):
+                continue
             if sink.wire and stamped is None:
                 stamped = with_id(event)
             try:

@@ -33,10 +33,11 @@ import numpy as np
 from ecm_edge.config import CHOICES, DataConfig, StreamConfig
 from ecm_edge.data.features import open_npy
 from ecm_edge.errors import DataError, EcmEdgeError
+from ecm_edge.runtime.events import SourceLost, SourceRestored
 
 logger = logging.getLogger("ecm_edge")
 
-EventCallback = Callable[[dict], None]
+EventCallback = Callable[[SourceLost | SourceRestored], None]
 
 POLICIES = CHOICES["stream.frame_policy"]  # auto: latest for live sources, all for files
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
@@ -307,8 +308,7 @@ class VideoSource:
     def _recover(self) -> bool:
         """Reopen a lost live source with backoff; True once frames can flow again."""
         lost_at = time.monotonic()
-        self._emit({"type": "source_lost", "reason": "no frame within the read timeout or stream ended",
-                    "retry_in_s": self.reconnect.delay(1)})
+        self._emit(SourceLost("no frame within the read timeout or stream ended", self.reconnect.delay(1)))
         logger.warning("%s lost; reconnecting", self.description)
         self._capture.release()
         self._capture = None
@@ -320,7 +320,7 @@ class VideoSource:
             self._capture = self._open_capture()
             if self._capture is not None:
                 downtime = time.monotonic() - lost_at
-                self._emit({"type": "source_restored", "attempts": attempt, "downtime_s": round(downtime, 3)})
+                self._emit(SourceRestored(attempt, round(downtime, 3)))
                 logger.warning("%s restored after %.1f s (%d attempt(s))", self.description, downtime, attempt)
                 return True
             logger.info("%s: reopen attempt %d failed; next in %.1f s", self.description, attempt,
@@ -330,9 +330,9 @@ class VideoSource:
                                    f"attempts; check the device or network, or raise stream.reconnect_attempts "
                                    f"(0 retries forever)")
 
-    def _emit(self, event: dict) -> None:
-        event = {**event, "source": self.description, "timestamp": round(time.monotonic() - self._clock_origin, 3),
-                 "wall_time": time.time()}
+    def _emit(self, event: SourceLost | SourceRestored) -> None:
+        event.source, event.wall_time = self.description, time.time()
+        event.timestamp = round(time.monotonic() - self._clock_origin, 3)
         if self._on_event is None:
             return
         try:

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mjpeg_server import MjpegServer
-from stream_helpers import D
+from stream_helpers import D, assert_same_events
 
 from ecm_edge.runtime.localizer import Localizer
+from ecm_edge.runtime.source_specs import url_id
 
 KEEP_ALL = ["--set", "post.class_threshold=0.0"]  # random weights: flat video scores, keep every class
 
@@ -42,7 +43,8 @@ def test_features_to_stdout_jsonl(stream_run, stream_features):
     assert done.returncode == 0, done.stderr
     events = events_of(done.stdout)
     assert events and {e["type"] for e in events} == {"segment"}
-    assert without_wall_clock(events) == without_wall_clock(replayed_in_process(stream_run, stream_features))
+    # one tick takes every snippet queued since the last one: the head's float32 sums may round in another order
+    assert_same_events(without_wall_clock(events), without_wall_clock(replayed_in_process(stream_run, stream_features)))
     assert len({e["id"] for e in events}) == len(events)  # every event on the wire has its own id
     assert "120 snippets" in done.stderr
 
@@ -54,19 +56,20 @@ def test_features_to_a_file(stream_run, stream_features, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == "" and f"events written to {out}" in done.stderr
     expected = without_wall_clock(replayed_in_process(stream_run, stream_features))
-    assert expected and without_wall_clock(events_of(out.read_text())) == expected
+    assert expected
+    assert_same_events(without_wall_clock(events_of(out.read_text())), expected)
 
 
 def replayed_in_process(run: Path, features: Path) -> list[dict]:
     """The events the Localizer gives for ``features`` pushed one snippet at a time with the replay source's
-    snippet times: what the command must write."""
+    snippet times, with the command's source id (the file's stem): what the command must write."""
     localizer = Localizer.from_artifacts(run, overrides=["post.class_threshold=0.0"])
     expected = []
     for i, row in enumerate(np.load(features)):
         expected += localizer.push_features(row, start_time=i * 0.64, end_times=[i * 0.64 + 0.64])
     expected += localizer.flush()
     localizer.close()
-    return expected
+    return [{**event, "source": features.stem} for event in expected]
 
 
 def write_video(path: Path, seconds: float, fps: float = 25.0) -> Path:
@@ -86,11 +89,12 @@ def write_video(path: Path, seconds: float, fps: float = 25.0) -> Path:
 
 def test_video_file_through_the_tiny_extractor(stream_run, tmp_path):
     video = write_video(tmp_path / "clip.avi", seconds=8.0)  # 200 frames = 12 whole snippets
-    done = run_stream("--video", str(video), "--artifacts", str(stream_run), "--extractor", "tiny",
+    done = run_stream("--video", str(video), "--artifacts", str(stream_run), "--extractor", "tiny", "--no-realtime",
                       "--set", "stream.stats_every_s=1e-9", *KEEP_ALL)
     assert done.returncode == 0, done.stderr
     events = events_of(done.stdout)
-    stats = [e for e in events if e["type"] == "stats"]
+    assert {e["source"] for e in events} == {"clip", "*"}  # the file's stem; "*": the process-wide stats
+    stats = [e for e in events if e["type"] == "stats" and e["source"] == "clip"]
     assert stats[-1]["snippets"] == 12 and stats[-1]["dropped_frames"] == 0
     assert any(e["type"] == "segment" for e in events)
     assert "12 snippets" in done.stderr
@@ -100,12 +104,12 @@ def test_camera_that_cannot_open_is_one_line_and_exit_1(stream_run):
     done = run_stream("--camera", "97", "--artifacts", str(stream_run), timeout=60)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: cannot open camera 97")
+    assert len(lines) == 1 and lines[0].startswith("error: source 'camera-97': cannot open camera 97")
 
 
-def test_exactly_one_source_is_a_usage_error(stream_run, stream_features):
-    done = run_stream("--camera", "0", "--features", str(stream_features), "--artifacts", str(stream_run))
-    assert done.returncode == 2 and "exactly one source" in done.stderr
+def test_no_source_is_a_usage_error(stream_run):
+    done = run_stream("--artifacts", str(stream_run))
+    assert done.returncode == 2 and "give at least one source" in done.stderr
 
 
 def test_ctrl_c_flushes_open_segments_and_exits_0(stream_run, tmp_path):
@@ -191,6 +195,8 @@ def test_live_url_cut_mid_way_reconnects_and_reports_it(stream_run):
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
 
+    source = url_id(server.url)  # the id the command gives the URL: host, port and path
+
     def next_event(kind: str, timeout: float = 20.0) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -198,12 +204,13 @@ def test_live_url_cut_mid_way_reconnects_and_reports_it(stream_run):
                 event = json.loads(lines.get(timeout=0.1))
             except queue.Empty:
                 continue
-            if event["type"] == kind:
+            if event["type"] == kind and event["source"] == source:
                 return event
         raise AssertionError(f"no {kind} event within {timeout} s")
 
     try:
-        assert next_event("stats")["snippets"] >= 1  # frames flow through the whole pipeline
+        while next_event("stats")["snippets"] < 1:  # the engine's stats come every interval, snippets or not
+            pass  # wait until frames flowed through the whole pipeline
         server.down()
         lost = next_event("source_lost")
         time.sleep(0.5)  # reopen attempts meanwhile get 503
@@ -215,14 +222,14 @@ def test_live_url_cut_mid_way_reconnects_and_reports_it(stream_run):
         process.kill()
         server.close()
     assert process.returncode == 0, err
-    assert lost["source"].startswith("stream http://127.0.0.1") and restored["attempts"] >= 1
+    assert lost["reason"] and restored["attempts"] >= 1
 
 
 def test_features_of_another_dimension_name_the_file_shape(stream_run, tmp_path):
     np.save(tmp_path / "wide.npy", np.ones((100, 128), np.float32))
     done = run_stream("--features", str(tmp_path / "wide.npy"), "--artifacts", str(stream_run), "--no-realtime")
     assert done.returncode == 1
-    assert done.stderr.strip() == (f"error: feature file {tmp_path / 'wide.npy'} holds features of shape [100, 128], "
+    assert done.stderr.strip() == (f"error: source 'wide': feature file {tmp_path / 'wide.npy'} holds features of shape [100, 128], "
                                    f"but the model expects [T, {D}] ({D} channels per snippet); use features from "
                                    "the extractor the model was trained with, or the artifacts trained on these "
                                    "features")

@@ -133,12 +133,12 @@ def test_auto_rate_is_the_one_the_artifacts_record(tmp_path):
     cfg = load_config("small", [f"data.feature_dim={D}", f"model.hidden_dim={H}", f"model.num_classes={C}",
                                 "stream.columns_per_snippet=2.5"])
     save_deploy(ECM(ECMDims.from_config(cfg)).eval(), CLASSES, cfg, tmp_path)
-    assert Localizer.from_artifacts(tmp_path).resampler.rate == 2.5
+    assert Localizer.from_artifacts(tmp_path).rate == 2.5
     given = load_config("small")
-    assert Localizer.from_artifacts(tmp_path, config=given).resampler.rate == 2.5
+    assert Localizer.from_artifacts(tmp_path, config=given).rate == 2.5
     assert given.stream.columns_per_snippet == "auto", "the caller's config must not change"
     assert Localizer.from_artifacts(tmp_path, config="small", overrides=["stream.columns_per_snippet=1"]
-                                    ).resampler.rate == 1.0
+                                    ).rate == 1.0
 
 
 def test_chunking_does_not_change_the_events(deploy_dir, features):

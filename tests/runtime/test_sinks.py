@@ -13,13 +13,21 @@ import pytest
 
 from ecm_edge.errors import ConfigError
 from ecm_edge.runtime.events import segment_event, to_json_line
-from ecm_edge.runtime.sinks import CallbackSink, EventDispatcher, JsonlSink, Sink, Spool, WebhookSink
+from ecm_edge.runtime.sinks import (
+    CallbackSink,
+    EventDispatcher,
+    JsonlSink,
+    Sink,
+    Spool,
+    WebhookSink,
+    parse_event_types,
+)
 
 FAST = dict(timeout_s=2.0, retries=3, backoff_s=0.02, backoff_max_s=0.1)
 
 
 def events(n: int, first: int = 0) -> list[dict]:
-    return [segment_event(i % 3, f"class{i % 3}", i, i + 1.5, 0.5, latency=1.0) | {"seq": i}
+    return [{**segment_event(i % 3, f"class{i % 3}", i, i + 1.5, 0.5, latency=1.0), "seq": i}
             for i in range(first, first + n)]
 
 
@@ -354,3 +362,93 @@ def test_dispatcher_reports_what_each_sink_lost(tmp_path):
         "5 events not written to BrokenSink (OSError: disk full)",
         "5 events not written to /dev/full (No space left on device)"]
     assert len((tmp_path / "ok.jsonl").read_text().splitlines()) == 5
+
+
+# -- event types a sink chooses --------------------------------------------------------------------------------
+def typed_events() -> list[dict]:
+    segment = events(1)[0]
+    alert = {"type": "alert", "class": 0, "label": "class0", "start": 0.0, "end": 1.5, "score": 0.5,
+             "segment": segment, "emitted_at": 1.0, "seq": 1}
+    return [segment, alert, {"type": "stats", "fps": 25.0, "seq": 2}, {"type": "source_lost", "seq": 3}, alert]
+
+
+def test_each_sink_gets_only_the_types_it_chose(tmp_path):
+    alerts, everything, seen = tmp_path / "alerts.jsonl", tmp_path / "all.jsonl", []
+    dispatcher = EventDispatcher([JsonlSink(alerts, types={"alert"}), JsonlSink(everything),
+                                  CallbackSink(seen.append, types={"segment", "source_lost"})])
+    dispatcher.publish(typed_events())
+    dispatcher.close()
+    chosen = [json.loads(line) for line in alerts.read_text().splitlines()]
+    every = [json.loads(line) for line in everything.read_text().splitlines()]
+    assert [e["type"] for e in chosen] == ["alert", "alert"] and chosen[0]["segment"]["seq"] == 0
+    assert [e["type"] for e in every] == ["segment", "alert", "stats", "source_lost", "alert"]
+    assert [e["id"] for e in chosen] == [every[1]["id"], every[4]["id"]]  # one id per event, whoever writes it
+    assert [e["type"] for e in seen] == ["segment", "source_lost"]
+
+
+def test_a_webhook_gets_only_its_types(tmp_path):
+    receiver = Receiver()
+    try:
+        dispatcher = EventDispatcher([WebhookSink(receiver.url, tmp_path / "spool.jsonl", types=["segment"],
+                                                  **FAST)])
+        dispatcher.publish(typed_events())
+        dispatcher.close()
+        assert [e["type"] for e in receiver.received] == ["segment"]
+    finally:
+        receiver.stop()
+
+
+def test_event_type_lists_parse_and_unknown_names_say_what_exists():
+    assert parse_event_types("segment, alert") == {"segment", "alert"}
+    assert parse_event_types("all") is None and parse_event_types(None) is None and parse_event_types("") is None
+    with pytest.raises(ConfigError, match=r"'segmnt' \(did you mean 'segment'\?\) in 'segmnt,alert'; the types "
+                                          r"are segment, segment_open, alert, stats"):
+        parse_event_types("segmnt,alert")
+    with pytest.raises(ConfigError, match="unknown event type 'bogus'"):
+        JsonlSink("-", types={"bogus"})
+
+
+# -- the spool as a window of events in flight (MQTT) ----------------------------------------------------------
+def lines_of(items: list[dict]) -> list[bytes]:
+    return [to_json_line(e).encode() for e in items]
+
+
+def line_seqs(lines: list[bytes]) -> list[int]:
+    return [json.loads(line)["seq"] for line in lines]
+
+
+def test_spool_hands_out_a_window_and_keeps_unacknowledged_events_in_order(tmp_path):
+    spool = Spool(tmp_path / "spool.jsonl", owner="MQTT")
+    spool.append(lines_of(events(6)))
+    assert line_seqs(spool.take(4)) == [0, 1, 2, 3] and line_seqs(spool.take(4)) == [4, 5]
+    spool.ack(2)  # 0 and 1 delivered; 2..5 were in flight when the link dropped
+    spool.release()
+    spool.push_front(lines_of(events(2, first=100)))  # in flight from memory: older than everything waiting
+    assert line_seqs(spool.take(10)) == [100, 101, 2, 3, 4, 5] and spool.count() == 6
+    spool.ack(3)
+    assert spool.close() == 0
+    assert spool_seqs(tmp_path / "spool.jsonl") == [3, 4, 5]
+
+
+def test_spool_close_writes_events_put_back_before_the_rest(tmp_path):
+    spool = Spool(tmp_path / "spool.jsonl")
+    spool.append(lines_of(events(3)))
+    spool.take(1)
+    spool.ack(1)
+    spool.push_front(lines_of(events(1, first=50)))
+    assert spool.close() == 0
+    assert spool_seqs(tmp_path / "spool.jsonl") == [50, 1, 2]
+
+
+def test_spool_window_follows_the_backlog_into_the_file(tmp_path):
+    blocker = tmp_path / "spool"
+    blocker.mkdir()  # the file cannot be written: events wait in memory
+    spool = Spool(blocker, memory_events=10)
+    spool.append(lines_of(events(3)))
+    assert line_seqs(spool.take(2)) == [0, 1]
+    blocker.rmdir()
+    spool.append(lines_of(events(1, first=3)))  # the backlog moves to the file, two of it in flight
+    spool.ack(1)
+    assert line_seqs(spool.take(5)) == [2, 3]
+    spool.release()
+    assert line_seqs(spool.take(5)) == [1, 2, 3]

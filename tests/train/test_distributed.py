@@ -32,7 +32,8 @@ def test_two_gloo_processes_stay_in_sync_and_match_one_process(tmp_path):
     assert f"run written to {run_dir}" in done.stdout
 
     files = sorted(p.name for p in run_dir.iterdir())
-    assert files == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl", "model.json", "model.safetensors"]
+    assert files == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl", "model.json", "model.safetensors",
+                     "operating_points.json"]  # the alert operating points the command chose after training
     records = read_metrics(run_dir)
     assert [r["epoch"] for r in records] == [1, 2]
     assert all(r["world_size"] == 2 and r["ranks_in_sync"] is True for r in records)
