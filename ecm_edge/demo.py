@@ -1,15 +1,18 @@
 """``ecm-edge demo``: the whole product on an embedded default, from raw video to localized actions.
 
-Seven named stages, each writing under one folder::
+Eight named stages, each writing under one folder::
 
     OUT/
       data/         videos (procedural, exact ground truth), gt.json, split files, tiny-backbone features
-      train/        the ECM run trained on video-level labels only (configs/demo.yaml)
+      train/        the ECM run trained on video-level labels only (configs/demo.yaml), and its operating points
+                    (operating_points.json: from which score a detection of each class becomes an alert)
       eval/         held-out detections (ActivityNet JSON), raw predictions (.npz) and mAP per IoU (eval.json)
       export/       fp32, fp16 and int8 ONNX with manifests; agreement.json (fp16/int8 against fp32)
-      stream/       events.jsonl of one held-out video file streamed frame by frame through the runtime
+      stream/       events.jsonl of one held-out video file streamed frame by frame through the runtime: its
+                    detections and the alerts among them
       report.md     the summary tables and the timeline image
-      timeline.png  ground truth, streamed detections and CAS curves of the streamed video
+      timeline.png  ground truth, streamed detections (outlined where they became alerts) and CAS curves of the
+                    streamed video
       demo.json     per stage: the parameters it ran with, its seconds and its figures
 
 A stage is reused when ``demo.json`` records it with the same parameters (its own and those of the stages it
@@ -31,11 +34,12 @@ from typing import Any
 from ecm_edge.config import Config, load_config
 from ecm_edge.errors import DataError
 from ecm_edge.io import atomic_write_json, atomic_write_text
+from ecm_edge.operating_points import OPERATING_POINTS_NAME
 
 logger = logging.getLogger("ecm_edge")
 
 STATE_NAME = "demo.json"
-STAGES = ("videos", "features", "train", "evaluate", "export", "stream", "report")
+STAGES = ("videos", "features", "train", "calibrate", "evaluate", "export", "stream", "report")
 EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
 STREAM_ENGINE = "onnxruntime"  # the runtime path a deployment without torch uses
 
@@ -117,6 +121,7 @@ def run_demo(options: DemoOptions, *, on_stage: StageCallback | None = None, on_
         "videos": lambda: _stage_videos(paths, cfg, options),
         "features": lambda: _stage_features(paths, cfg, options),
         "train": lambda: _stage_train(paths, cfg, options),
+        "calibrate": lambda: _stage_calibrate(paths),
         "evaluate": lambda: _stage_evaluate(paths),
         "export": lambda: _stage_export(paths),
         "stream": lambda: _stage_stream(paths, on_event),
@@ -209,6 +214,22 @@ def _stage_train(paths: _Paths, cfg: Config, options: DemoOptions) -> tuple[list
             {"epochs": summary.epochs, "final_loss": round(float(last.get("loss", {}).get("total", float("nan"))), 4)})
 
 
+def _stage_calibrate(paths: _Paths) -> tuple[list[Path], dict[str, Any]]:
+    """Operating points for the configured precision target (``alerts.precision``), measured on the test videos.
+    The demo holds no validation videos out (they are few), so the points are chosen on its training videos, as
+    ``ecm-edge calibrate`` does for such a run (with a warning)."""
+    from ecm_edge.calibration import calibrate_run
+
+    points = calibrate_run(paths.train, paths.data).points
+    overall = (points.test or {}).get("overall", {})
+    classes = {label: {"min_score": p.min_score, "calibrated": p.calibrated, "instances": p.instances,
+                       "test": (points.test or {}).get("classes", {}).get(label, {})}
+               for label, p in points.classes.items()}
+    return [paths.train / OPERATING_POINTS_NAME], {
+        "target_precision": points.target_precision, "split": points.split, "tiou": points.tiou,
+        "global_min_score": points.global_min_score, "classes": classes, "test": overall}
+
+
 def _stage_evaluate(paths: _Paths) -> tuple[list[Path], dict[str, Any]]:
     from ecm_edge.evaluation import evaluate_detections, write_predictions
     from ecm_edge.train.inference import predict_dataset
@@ -288,17 +309,21 @@ def _stage_stream(paths: _Paths, on_event: EventCallback | None) -> tuple[list[P
     localizer = Localizer.from_artifacts(paths.export, STREAM_ENGINE, extractor="tiny",
                                          sinks=[JsonlSink(events_path)], source=video_id)
     segments: list[dict[str, Any]] = []
+    alerts: list[dict[str, Any]] = []
     started = time.perf_counter()
     for event in localizer.run(video, realtime=False):  # the file as fast as it decodes; closed at its end
         if event.type == "segment":
             segments.append(event.to_dict())
+        elif event.type == "alert":
+            alerts.append(event.to_dict())
+            segments[-1]["alert"] = True  # an alert comes right after the segment it came from
         if on_event is not None:
             on_event(event)
     wall = time.perf_counter() - started
     p50, p99 = localizer.stats.percentiles_ms()
     # "backend" (the head's engine) is the key stream.json has always had; report readers rely on it
     summary = {"video": video_id, "file": str(video), "backend": localizer.engine, "snippets": localizer.stats.snippets,
-               "segments": len(segments), "step_ms_p50": round(p50, 3), "step_ms_p99": round(p99, 3),
+               "segments": len(segments), "alerts": len(alerts), "step_ms_p50": round(p50, 3), "step_ms_p99": round(p99, 3),
                "wall_seconds": round(wall, 3), "detections": segments}
     atomic_write_json(paths.stream / "stream.json", summary)
     return [events_path, paths.stream / "stream.json"], {k: v for k, v in summary.items() if k != "detections"}
@@ -315,13 +340,13 @@ def _stage_report(paths: _Paths, stages: list[StageResult]) -> tuple[list[Path],
     raw = RawPredictions.load(paths.eval / "raw.npz")
     index = raw.video_ids.index(video_id)
     cas = raw.cas[index, :, :int(raw.lengths[index])]
-    detections = [{"label": d["label"], "score": d["score"], "segment": [d["start"], d["end"]]}
-                  for d in stream["detections"]]
+    detections = [{"label": d["label"], "score": d["score"], "segment": [d["start"], d["end"]],
+                   "alert": d.get("alert", False)} for d in stream["detections"]]
     gt = [(label, float(s), float(e)) for label, (s, e) in zip(annotation.labels, annotation.segments, strict=True)]
     plot_timeline(video_id, gt, detections, raw.class_names, cas=cas, video_scores=raw.video_scores[index],
                   duration=float(raw.duration[index]), out_path=paths.timeline,
                   title=f"{video_id} (held out), streamed")
-    atomic_write_text(paths.report, report_markdown({s.name: s for s in stages}, paths))
+    atomic_write_text(paths.report, report_markdown({s.name: s for s in stages}, paths, stream))
     return [paths.report, paths.timeline], {}
 
 
@@ -346,10 +371,45 @@ def summary_tables(figures: dict[str, dict[str, Any]]) -> str:
               "|---|---|---|---|---|---|---|",
               f"| {stream['video']} | {stream['backend']} | {stream['snippets']} | {stream['segments']} | "
               f"{stream['step_ms_p50']:.2f} | {stream['step_ms_p99']:.2f} | {stream['wall_seconds']:.1f} |"]
+    if "calibrate" in figures:
+        lines += ["", *operating_points_table(figures["calibrate"])]
     return "\n".join(lines)
 
 
-def report_markdown(stages: dict[str, StageResult], paths: _Paths) -> str:
+def operating_points_table(calibrate: dict[str, Any]) -> list[str]:
+    """Each class's operating point and what it gave on the test videos, then the overall figures."""
+    lines = [f"### Alerts: operating points for a precision of {calibrate['target_precision']:.0%} (chosen on the "
+             f"{calibrate['split']} videos, tIoU {calibrate['tiou']})", "",
+             "| class | operating point | own point | held-out instances | test alerts | test precision | "
+             "test recall |", "|---|---|---|---|---|---|---|"]
+    for label, point in calibrate["classes"].items():
+        test = point["test"]
+        lines.append(f"| {label} | {point['min_score']:.3f} | {'yes' if point['calibrated'] else 'no (global)'} | "
+                     f"{point['instances']} | {test.get('alerts', 0)} | {_percent(test.get('precision'))} | "
+                     f"{_percent(test.get('recall'))} |")
+    overall = calibrate["test"]
+    if overall:
+        lines += ["", f"On the test videos: precision {_percent(overall.get('precision'))}, recall "
+                      f"{_percent(overall.get('recall'))}, {overall.get('false_alerts_per_hour', 0.0):.1f} false "
+                      "alerts per hour of video."]
+    return lines
+
+
+def streamed_detections_table(stream: dict[str, Any]) -> list[str]:
+    """The streamed video's detections, in time order, and which became alerts."""
+    lines = [f"### The streamed video: {stream['segments']} detections, {stream.get('alerts', 0)} alerts", "",
+             "| class | start (s) | end (s) | score | alert |", "|---|---|---|---|---|"]
+    for d in sorted(stream["detections"], key=lambda d: (d["start"], d["label"])):
+        lines.append(f"| {d['label']} | {d['start']:.2f} | {d['end']:.2f} | {d['score']:.3f} | "
+                     f"{'**alert**' if d.get('alert') else ''} |")
+    return lines
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
+def report_markdown(stages: dict[str, StageResult], paths: _Paths, stream: dict[str, Any]) -> str:
     videos, train = stages["videos"].figures, stages["train"].figures
     figures = {name: s.figures for name, s in stages.items()}
     rows = [f"| {name} | {s.original_seconds:.1f} |" for name, s in stages.items()]
@@ -359,8 +419,8 @@ def report_markdown(stages: dict[str, StageResult], paths: _Paths) -> str:
         f"{', '.join(videos['classes'])}); {videos['train']} for training with video-level labels only, "
         f"{videos['test']} held out. Tiny backbone features (D = {stages['features'].figures['dim']}), "
         f"ECM trained {train['epochs']} epochs (final loss {train['final_loss']}).", "",
-        summary_tables(figures), "",
+        summary_tables(figures), "", *streamed_detections_table(stream), "",
         "### Stages", "", "| stage | seconds |", "|---|---|", *rows, "",
         f"![timeline of {figures['stream']['video']}]({paths.timeline.name})", "",
-        "Ground truth, the segments the runtime streamed, and the offline class activation curves of the "
-        "streamed video, one track per class.", ""])
+        "Ground truth, the segments the runtime streamed (outlined in black where they became alerts), and the "
+        "offline class activation curves of the streamed video, one track per class.", ""])

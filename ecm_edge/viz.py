@@ -39,6 +39,8 @@ _WIDTH_INCHES = 12.0
 _DPI = 110
 _MIN_LABEL_FRACTION = 0.025  # a detection bar gets its score printed when at least this share of the axis wide
 _GT_COLOR = "#3b3b3b"
+_ALERT_EDGE = "#000000"  # detections that became alerts: a thick black outline
+_ALERT_LW = 2.2
 _CAS_COLOR_ALPHA = 0.25
 
 
@@ -50,10 +52,12 @@ class Detection:
     start: float  # seconds
     end: float  # seconds
     score: float
+    alert: bool = False  # the detection reached its class's operating point and became an alert
 
 
 def as_detections(entries: Iterable[Detection | Mapping[str, Any]], source: str = "detections") -> list[Detection]:
-    """Detections from :class:`Detection` objects or ActivityNet result entries ``{label, score, segment}``."""
+    """Detections from :class:`Detection` objects or ActivityNet result entries ``{label, score, segment}``
+    (with ``alert: true`` where one became an alert)."""
     out = []
     for i, entry in enumerate(entries):
         if isinstance(entry, Detection):
@@ -61,7 +65,8 @@ def as_detections(entries: Iterable[Detection | Mapping[str, Any]], source: str 
             continue
         try:
             start, end = (float(x) for x in entry["segment"])
-            out.append(Detection(str(entry["label"]), start, end, float(entry["score"])))
+            out.append(Detection(str(entry["label"]), start, end, float(entry["score"]),
+                                 bool(entry.get("alert", False))))
         except (KeyError, TypeError, ValueError):
             raise DataError(f"{source}: detection {i} needs 'label', 'score' and 'segment': [start, end]") from None
     return out
@@ -150,7 +155,8 @@ def plot_timeline(video_id: str, gt_segments: Iterable[tuple[str, float, float]]
     axes[-1].set_xlim(0.0, duration)
     axes[-1].set_xlabel("time (s)")
     fig.suptitle(title or _default_title(video_id, gt, dets), fontsize=12, x=0.01, ha="left")
-    fig.legend(handles=_legend_handles(patches, lines, cas_n is not None), loc="upper right", ncol=4,
+    fig.legend(handles=_legend_handles(patches, lines, cas_n is not None, any(d.alert for d in dets)),
+               loc="upper right", ncol=5,
                fontsize=9, frameon=False, bbox_to_anchor=(0.99, 1.0))
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     out_path = Path(out_path)
@@ -237,7 +243,10 @@ def _draw_track(ax: Any, layout: _TrackLayout, gt: list[tuple[str, float, float]
         y = layout.cas_top + lane_number * _BAND + (_BAND - _BAR) / 2
         for det in lane:
             ax.broken_barh([(det.start, max(det.end - det.start, duration * 1e-3))], (y, _BAR), facecolor=color,
-                           alpha=_shade(det.score, score_range), edgecolor=color, lw=0.8, zorder=3)
+                           alpha=_shade(det.score, score_range), zorder=3)
+            ax.broken_barh([(det.start, max(det.end - det.start, duration * 1e-3))], (y, _BAR), facecolor="none",
+                           edgecolor=_ALERT_EDGE if det.alert else color, lw=_ALERT_LW if det.alert else 0.8,
+                           zorder=3)
             if det.end - det.start >= _MIN_LABEL_FRACTION * duration:
                 ax.text((det.start + det.end) / 2, y + _BAR / 2, f"{det.score:.2f}", ha="center", va="center",
                         fontsize=7.5, color="black", zorder=4, clip_on=True)
@@ -257,10 +266,13 @@ def _draw_track(ax: Any, layout: _TrackLayout, gt: list[tuple[str, float, float]
         ax.spines[side].set_visible(False)
 
 
-def _legend_handles(patches: Any, lines: Any, with_cas: bool) -> list[Any]:
+def _legend_handles(patches: Any, lines: Any, with_cas: bool, with_alerts: bool = False) -> list[Any]:
     handles = [patches.Patch(facecolor=_GT_COLOR, label="ground truth"),
                patches.Patch(facecolor="#1f77b4", alpha=1.0, label="detection, high score"),
                patches.Patch(facecolor="#1f77b4", alpha=0.3, label="detection, low score")]
+    if with_alerts:
+        handles.append(patches.Patch(facecolor="#1f77b4", alpha=0.3, edgecolor=_ALERT_EDGE, lw=_ALERT_LW,
+                                     label="detection that became an alert"))
     if with_cas:
         handles.append(lines.Line2D([], [], color="#1f77b4", lw=1.3, label="CAS (normalized, 0–1)"))
     return handles

@@ -66,10 +66,18 @@ def test_demo_runs_end_to_end_then_reuses_then_redoes_with_fresh(tmp_path):
     segments = [e for e in events if e["type"] == "segment"]
     assert stream["snippets"] > 20 and stream["segments"] == len(segments)
     assert first.count("    segment  ") == len(segments)  # printed live, one line per event
+    points = json.loads((out / "train" / "operating_points.json").read_text())
+    assert (out / "export" / "operating_points.json").is_file()  # the export carries them to the stream
+    alerts = [e for e in events if e["type"] == "alert"]
+    assert stream["alerts"] == len(alerts) == sum(d.get("alert", False) for d in stream["detections"])
+    assert all(a["score"] >= points["classes"].get(a["label"], {}).get("min_score", points["global_min_score"])
+               for a in alerts)
+    assert first.count("    alert    ") == len(alerts)
 
     report = (out / "report.md").read_text()
     assert re.search(r"\| mAP \(%\) \|( [\d.]+ \|){8}", report)
     assert "| int8 |" in report and "| stage | seconds |" in report
+    assert "### Alerts: operating points" in report and "### The streamed video:" in report
     assert "![timeline" in report and "(timeline.png)" in report
     image = (out / "timeline.png").read_bytes()
     assert image.startswith(PNG_SIGNATURE) and len(image) > 10_000
@@ -78,7 +86,7 @@ def test_demo_runs_end_to_end_then_reuses_then_redoes_with_fresh(tmp_path):
     mtime = (out / "train" / "model.safetensors").stat().st_mtime_ns
     second = _run(["-o", str(out), *ARGS])
     assert all(text.startswith("reused") for text in _stage_lines(second).values())
-    assert "7 of 7 stages reused" in second
+    assert f"{len(STAGES)} of {len(STAGES)} stages reused" in second
     assert (out / "train" / "model.safetensors").stat().st_mtime_ns == mtime
 
     changed = _run(["-o", str(out), *SHORT_TRAINING])

@@ -76,6 +76,9 @@ def _event_line(event: dict[str, Any]) -> None:
     if event.get("type") == "segment":
         click.echo(f"    segment  {event['label']:<8} {event['start']:7.2f} – {event['end']:7.2f} s  "
                    f"score {event['score']:.3f}  (emitted {event['latency']:.2f} s after its end)")
+    elif event.get("type") == "alert":
+        click.echo(f"    alert    {event['label']:<8} {event['start']:7.2f} – {event['end']:7.2f} s  "
+                   f"score {event['score']:.3f} ≥ its operating point {event['min_score']:.3f}")
 
 
 def _next_commands(out_dir: Path, figures: dict[str, dict[str, Any]]) -> None:
