@@ -66,6 +66,8 @@ class ExportRequest:
     engine: bool | None = None  # None: build engines when TensorRT and a GPU are present
     validate: Path | None = None  # dataset folder whose test split validates the artifacts
     overrides: tuple[str, ...] = ()  # --set section.key=value on top of the checkpoint's config
+    triton: Path | None = None  # also write a Triton model repository there (ecm_edge.export.triton)
+    triton_head: str = "numpy"  # what runs the head inside its ecm_stream model: numpy or onnxruntime
 
 
 @dataclass
@@ -131,6 +133,8 @@ def run_export(request: ExportRequest, on_step: Callable[[Step], None] = lambda 
     if request.validate is not None:
         context.validate(Path(request.validate))
     context.carry_operating_points(points)
+    if request.triton is not None:
+        context.write_triton(Path(request.triton))
     warn_about_foreign_artifacts(out_dir, context.weights_sha256)
     return result
 
@@ -285,6 +289,17 @@ class _Context:
                                          timing_cache=self.out_dir / f"{self.cfg.export.stem}.timing.cache")
             self.finish(engine, manifest)
             self.report(f"tensorrt {graph} {self.request.precision} engine", engine, started)
+
+    def write_triton(self, folder: Path) -> None:
+        """The Triton model repository of these artifacts (``ecm_edge.export.triton``)."""
+        from ecm_edge.export.triton import TritonSources, write_repository
+
+        started = time.perf_counter()
+        engine = self.path("streaming", self.request.precision, "engine")
+        sources = TritonSources(self.out_dir, self.weights, self.weights_sha256, self.cfg.export.stem,
+                                engine if engine.is_file() else None)
+        models = write_repository(folder, sources, self.request.triton_head)
+        self.report(f"triton repository ({', '.join(m.name for m in models)})", folder, started)
 
     def run_operating_points(self) -> Path | None:
         """The run's ``operating_points.json`` when it holds points for these weights; points of other weights

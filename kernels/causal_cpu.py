@@ -19,6 +19,10 @@ Slots are independent, so the kernels run over them with ``prange`` (from ``PARA
 slot the classes meet at every column (the softmax, and the slot-wide rule that drops old segments), so one
 thread runs a slot's columns in order. Events go to each slot's own region of two record arrays
 (``causal_state.RECORD_*_FIELDS``); the host orders them with ``causal_state.event_order``.
+
+The leaf device functions (sorted windows, statistics, table updates) are ``causal_device``'s, shared with the
+CUDA kernels and compiled here; the functions defined here call others, or differ from their CUDA twins in how
+they split the work (a loop over classes where the GPU has a thread per class).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from ecm_edge.kernels import causal_device
 from ecm_edge.kernels.causal_state import (
     FORGET_MARGIN_S,
     KIND_OPEN,
@@ -42,9 +47,8 @@ from ecm_edge.kernels.causal_state import (
     CausalParams,
     KernelParams,
     State,
-    check_finite,
-    dtype_groups,
-    host_columns,
+    concatenate_records,
+    host_parts,
     kernel_params,
     record_capacity,
     state_shapes,
@@ -56,40 +60,32 @@ PARALLEL_MIN_SLOTS = 4
 NUM_INT_FIELDS = len(RECORD_INT_FIELDS)
 NUM_FLOAT_FIELDS = len(RECORD_FLOAT_FIELDS)
 
+# ---- the leaf device functions: ``causal_device``'s, shared with the CUDA kernels, compiled for the CPU ---------
+
+_inlined = njit(cache=True, inline="always")  # small helpers: numba inlines them into their callers
+_called = njit(cache=True)  # the table updates: called as functions
+sorted_insert = _inlined(causal_device.sorted_insert)
+sorted_replace = _inlined(causal_device.sorted_replace)
+stats = _inlined(causal_device.stats)
+stretch = _inlined(causal_device.stretch)
+fuse = _inlined(causal_device.fuse)
+top_k_mean = _inlined(causal_device.top_k_mean)
+softmax_scores = _inlined(causal_device.softmax_scores)
+outer_mean = _inlined(causal_device.outer_mean)
+interval_iou = _inlined(causal_device.interval_iou)
+collect_ready = _inlined(causal_device.collect_ready)
+rank_ready = _inlined(causal_device.rank_ready)
+write_record = _called(causal_device.store_record)  # each slot writes its records in its own region
+pend_candidate = _called(causal_device.pend_candidate)
+keep_segment = _called(causal_device.keep_segment)
+drop_ready = _called(causal_device.drop_ready)
+earliest_live = _called(causal_device.earliest_live)
+forget_segments = _called(causal_device.forget_segments)
+reset_counters = _called(causal_device.reset_counters)
+reset_class = _called(causal_device.reset_class)
+
 
 # ---- sorted windows and the scorer -----------------------------------------------------------------------------
-
-
-@njit(cache=True, inline="always")
-def sorted_insert(row, n, value):
-    """``row[:n]`` ascending; insert ``value`` so that ``row[:n + 1]`` is."""
-    i = n
-    while i > 0 and row[i - 1] > value:
-        row[i] = row[i - 1]
-        i -= 1
-    row[i] = value
-
-
-@njit(cache=True, inline="always")
-def sorted_replace(row, n, old, new):
-    """``row[:n]`` ascending and holding ``old``; replace one ``old`` by ``new``, keeping the order."""
-    lo, hi = 0, n
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if row[mid] < old:
-            lo = mid + 1
-        else:
-            hi = mid
-    i = lo
-    if new >= old:
-        while i + 1 < n and row[i + 1] < new:
-            row[i] = row[i + 1]
-            i += 1
-    else:
-        while i > 0 and row[i - 1] > new:
-            row[i] = row[i - 1]
-            i -= 1
-    row[i] = new
 
 
 @njit(cache=True, inline="always")
@@ -99,39 +95,10 @@ def ring_write(ring, window, s, position, before, horizon, classes, column):
     for c in range(classes):
         new = np.float32(column[c])
         if before < horizon:
-            sorted_insert(window[s, c], before, new)
+            sorted_insert(window, s, c, before, new)
         else:
-            sorted_replace(window[s, c], horizon, ring[s, position, c], new)
+            sorted_replace(window, s, c, horizon, ring[s, position, c], new)
         ring[s, position, c] = new
-
-
-@njit(cache=True, inline="always")
-def stats(window, s, c, filled):
-    """Step 1's statistics of a sorted window: (relu(min), divisor), the divisor 1 when ≤ 0, in float32."""
-    zero = np.float32(0.0)
-    lo, hi = window[s, c, 0], window[s, c, filled - 1]
-    low = lo if lo >= zero else zero
-    high = hi if hi >= zero else zero
-    delta = high - low
-    if delta <= zero:
-        delta = np.float32(1.0)
-    return low, delta
-
-
-@njit(cache=True, inline="always")
-def stretch(x, low, delta, wide):
-    """``(x − low) / delta`` in float64 for a float64 input, else in float32 (returned as float64)."""
-    if wide:
-        return (x - np.float64(low)) / np.float64(delta)
-    return np.float64((np.float32(x) - low) / delta)
-
-
-@njit(cache=True, inline="always")
-def fuse(a, b, wide):
-    """The fused score: the mean of the two normalized values, in the precision numpy would use."""
-    if wide:
-        return 0.5 * (a + b)
-    return np.float64(np.float32(0.5) * (np.float32(a) + np.float32(b)))
 
 
 @njit(cache=True)
@@ -139,22 +106,9 @@ def video_scores(st, kp, s, filled):
     """Softmax of the per-class top-k means of the CAS window (``online.top_k_means`` and ``online.softmax``)."""
     classes = st.last_scores.shape[1]
     k = max(1, int(filled * kp.topk_ratio))
-    means = st.scratch_means[s]
     for c in range(classes):
-        row = st.sorted[s, c]
-        total = 0.0
-        for i in range(filled - 1, filled - 1 - k, -1):
-            total += np.float64(row[i])
-        means[c] = total / k
-    high = means[0]
-    for c in range(1, classes):
-        high = max(high, means[c])
-    total = 0.0
-    for c in range(classes):
-        means[c] = math.exp(means[c] - high)
-        total += means[c]
-    for c in range(classes):
-        st.last_scores[s, c] = means[c] / total
+        st.scratch_means[s, c] = top_k_mean(st.sorted, s, c, filled, k)
+    softmax_scores(st, s, classes)
     st.has_scores[s] = 1
 
 
@@ -214,27 +168,9 @@ def outer_reach(first, last, oic_lambda):
 @njit(cache=True)
 def close_candidate(st, kp, s, c, j, last, end, step):
     """Move the open candidate (c, j) to the class's pending table (``SegmentTracker._close``)."""
-    first = st.open_first[s, c, j]
-    st.open_first[s, c, j] = -1
-    n = st.pend_count[s, c]
-    if n == st.pend_first.shape[2]:
+    ready = outer_reach(st.open_first[s, c, j], last, kp.oic_lambda)[1] - 1
+    if not pend_candidate(st, s, c, j, last, end, step, ready):
         st.overflow[s, OVERFLOW_PENDING] += 1
-        return
-    st.pend_first[s, c, n] = first
-    st.pend_last[s, c, n] = last
-    st.pend_ready[s, c, n] = outer_reach(first, last, kp.oic_lambda)[1] - 1
-    st.pend_closed[s, c, n] = step
-    st.pend_threshold[s, c, n] = j
-    st.pend_sum[s, c, n] = st.open_sum[s, c, j]
-    st.pend_start[s, c, n] = st.open_start[s, c, j]
-    st.pend_end[s, c, n] = end
-    st.pend_count[s, c] = n + 1
-
-
-@njit(cache=True)
-def write_record(rec_i, rec_f, at, s, kind, c, j, step, closed, key, start, end, score, now):
-    rec_i[at, 0], rec_i[at, 1], rec_i[at, 2], rec_i[at, 3], rec_i[at, 4], rec_i[at, 5] = s, kind, c, j, step, closed
-    rec_f[at, 0], rec_f[at, 1], rec_f[at, 2], rec_f[at, 3], rec_f[at, 4] = key, start, end, score, now
 
 
 @njit(cache=True)
@@ -273,25 +209,9 @@ def oic_score(st, kp, s, c, p, newest):
     theta = kp.thresholds[st.pend_threshold[s, c, p]]
     left, right = outer_reach(first, last, kp.oic_lambda)
     oldest = max(0, st.tracker_index[s] - h + 1)
-    total, count = 0.0, 0
-    for position in range(max(oldest, left), first):
-        value = st.values[s, position % h, c]
-        total += np.float64(value) if value >= theta else 0.0
-        count += 1
-    for position in range(last + 1, min(newest + 1, right)):
-        value = st.values[s, position % h, c]
-        total += np.float64(value) if value >= theta else 0.0
-        count += 1
-    outer = total / count if count > 0 else 0.0
+    outer = outer_mean(st.values, s, c, h, theta, max(oldest, left), first, last, min(newest + 1, right))
     inner = st.pend_sum[s, c, p] / (last - first + 1)
     return inner - outer + kp.gamma * st.last_scores[s, c]
-
-
-@njit(cache=True, inline="always")
-def interval_iou(start, end, other_start, other_end, offset):
-    inter = max(0.0, min(end, other_end) - max(start, other_start) + offset)
-    union = (end - start + offset) + (other_end - other_start + offset) - inter
-    return inter / union
 
 
 @njit(cache=True)
@@ -304,80 +224,30 @@ def suppressed(st, kp, s, c, start, end):
 
 
 @njit(cache=True)
-def keep_segment(st, s, c, start, end):
-    """Remember an emitted segment for NMS; a full table drops its oldest segment and counts it."""
-    n = st.emit_count[s, c]
-    if n == st.emit_start.shape[2]:
-        st.overflow[s, OVERFLOW_SEGMENTS] += 1
-        for e in range(1, n):
-            st.emit_start[s, c, e - 1] = st.emit_start[s, c, e]
-            st.emit_end[s, c, e - 1] = st.emit_end[s, c, e]
-        n -= 1
-    st.emit_start[s, c, n] = start
-    st.emit_end[s, c, n] = end
-    st.emit_count[s, c] = n + 1
-
-
-@njit(cache=True)
 def emit_class(st, kp, s, c, t, newest, everything, step, now, rec_i, rec_f, at):
     """``SegmentTracker._emit`` for class c: its ready candidates (all when ``everything``) leave the pending
     table; those of a class whose video score passes are scored, ranked and suppressed. Returns the next record."""
     order, keys, scores = st.scratch_order[s, c], st.scratch_key[s, c], st.scratch_score[s, c]
-    ready = 0
-    for p in range(st.pend_count[s, c]):
-        if everything or st.pend_ready[s, c, p] <= t:
-            order[ready] = p
-            ready += 1
+    ready = collect_ready(st, s, c, t, everything)
     if ready == 0:
         return at
     if st.last_scores[s, c] >= kp.class_threshold:
         for r in range(ready):
             scores[r] = oic_score(st, kp, s, c, order[r], newest)
             keys[r] = math.floor(scores[r] * RANK_SCALE + 0.5)
-        rank_ready(order, keys, scores, ready)
+        rank_ready(st, s, c, ready)
         for r in range(ready):
             p = order[r]
             start, end = st.pend_start[s, c, p], st.pend_end[s, c, p]
             if suppressed(st, kp, s, c, start, end):
                 continue
-            keep_segment(st, s, c, start, end)
+            if keep_segment(st, s, c, start, end):
+                st.overflow[s, OVERFLOW_SEGMENTS] += 1
             write_record(rec_i, rec_f, at, s, KIND_SEGMENT, c, st.pend_threshold[s, c, p], step,
                          st.pend_closed[s, c, p], keys[r], start, end, scores[r], now)
             at += 1
     drop_ready(st, s, c, t, everything)
     return at
-
-
-@njit(cache=True, inline="always")
-def rank_ready(order, keys, scores, n):
-    """Stable insertion sort of the first n ready candidates by ranking key, highest first (their table order,
-    which is the order they closed in, breaks ties)."""
-    for a in range(1, n):
-        p, key, score = order[a], keys[a], scores[a]
-        b = a
-        while b > 0 and keys[b - 1] < key:
-            order[b], keys[b], scores[b] = order[b - 1], keys[b - 1], scores[b - 1]
-            b -= 1
-        order[b], keys[b], scores[b] = p, key, score
-
-
-@njit(cache=True)
-def drop_ready(st, s, c, t, everything):
-    """Remove the ready candidates from class c's pending table, keeping the others in order."""
-    kept = 0
-    for p in range(st.pend_count[s, c]):
-        if everything or st.pend_ready[s, c, p] <= t:
-            continue
-        st.pend_first[s, c, kept] = st.pend_first[s, c, p]
-        st.pend_last[s, c, kept] = st.pend_last[s, c, p]
-        st.pend_ready[s, c, kept] = st.pend_ready[s, c, p]
-        st.pend_closed[s, c, kept] = st.pend_closed[s, c, p]
-        st.pend_threshold[s, c, kept] = st.pend_threshold[s, c, p]
-        st.pend_sum[s, c, kept] = st.pend_sum[s, c, p]
-        st.pend_start[s, c, kept] = st.pend_start[s, c, p]
-        st.pend_end[s, c, kept] = st.pend_end[s, c, p]
-        kept += 1
-    st.pend_count[s, c] = kept
 
 
 @njit(cache=True)
@@ -386,25 +256,12 @@ def forget_old_segments(st, s):
     classes = st.emit_count.shape[1]
     horizon_start = math.inf
     for c in range(classes):
-        for p in range(st.pend_count[s, c]):
-            horizon_start = min(horizon_start, st.pend_start[s, c, p])
-        for j in range(st.open_first.shape[2]):
-            if st.open_first[s, c, j] >= 0:
-                horizon_start = min(horizon_start, st.open_start[s, c, j])
+        horizon_start = min(horizon_start, earliest_live(st, s, c))
     if horizon_start == math.inf:
         horizon_start = st.last_end[s]
     horizon_start -= FORGET_MARGIN_S
     for c in range(classes):
-        n = st.emit_count[s, c]
-        if n == 0 or st.emit_end[s, c, 0] >= horizon_start:
-            continue
-        kept = 0
-        for e in range(n):
-            if st.emit_end[s, c, e] >= horizon_start:
-                st.emit_start[s, c, kept] = st.emit_start[s, c, e]
-                st.emit_end[s, c, kept] = st.emit_end[s, c, e]
-                kept += 1
-        st.emit_count[s, c] = kept
+        forget_segments(st, s, c, horizon_start)
 
 
 @njit(cache=True)
@@ -499,11 +356,9 @@ def flush_slot(st, kp, s, now, rec_i, rec_f, at):
 @njit(cache=True)
 def reset_slot(st, s):
     """A fresh stream in slot s (``causal_state.CLEARED_ON_RESET``)."""
-    st.columns[s], st.seen[s], st.tracker_index[s], st.last_end[s], st.has_scores[s] = 0, 0, -1, 0.0, 0
-    st.held_wide[s, 0], st.held_wide[s, 1] = 0, 0
-    st.open_first[s] = -1
-    st.pend_count[s] = 0
-    st.emit_count[s] = 0
+    reset_counters(st, s)
+    for c in range(st.open_first.shape[1]):
+        reset_class(st, s, c)
 
 
 # ---- the calls: slots in parallel or serially -------------------------------------------------------------------
@@ -564,26 +419,15 @@ class CpuSlots:
              ) -> tuple[np.ndarray, np.ndarray]:
         """Records of ``slots`` advanced by their columns (per-slot arrays; host or device memory, copied here;
         ``stream`` and the whole arrays matter to the CUDA kernels only)."""
-        host = [host_columns(c) for c in cas]
-        host_w = None if weights is None else [host_columns(w) for w in weights]
-        check_finite(host, slots, "CAS")
-        if host_w is not None:
-            check_finite(host_w, slots, "transition-weight")
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         parts = []
-        for group in dtype_groups(host, host_w):
-            part_slots = slots[group]
-            cas_part = np.concatenate([host[i] for i in group])
-            if host_w is None:
-                w_part = np.zeros((0, cas_part.shape[1]), np.float32)
-            else:
-                w_part = np.concatenate([host_w[i] for i in group])
-            t_part = np.concatenate([times[offsets[i]:offsets[i + 1]] for i in group])
-            part_offsets = np.concatenate([[0], np.cumsum(counts[group])]).astype(np.int64)
-            regions = self._regions(part_slots, counts[group])
+        for part in host_parts(slots, counts, cas, weights, times):
+            part_slots, part_counts = slots[part.group], counts[part.group]
+            w_part = np.zeros((0, part.cas.shape[1]), np.float32) if part.weights is None else part.weights
+            part_offsets = np.concatenate([[0], np.cumsum(part_counts)]).astype(np.int64)
+            regions = self._regions(part_slots, part_counts)
             rec_i, rec_f, written = causal_push(self.state, self.kp, part_slots, part_offsets,
-                                                np.ascontiguousarray(cas_part), np.ascontiguousarray(w_part),
-                                                np.ascontiguousarray(t_part), regions)
+                                                np.ascontiguousarray(part.cas), np.ascontiguousarray(w_part),
+                                                np.ascontiguousarray(part.times), regions)
             parts.append(compact_records(rec_i, rec_f, regions, written))
         return concatenate_records(parts)
 
@@ -608,11 +452,6 @@ def compact_records(rec_i: np.ndarray, rec_f: np.ndarray, regions: np.ndarray,
     used = rank < np.repeat(written, sizes)
     return rec_i[used], rec_f[used]
 
-
-def concatenate_records(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    ints = [p[0] for p in parts] or [np.zeros((0, NUM_INT_FIELDS), np.int64)]
-    floats = [p[1] for p in parts] or [np.zeros((0, NUM_FLOAT_FIELDS), np.float64)]
-    return np.concatenate(ints), np.concatenate(floats)
 
 
 
@@ -657,5 +496,5 @@ def causal_flush(state: State, kp: KernelParams, slots: np.ndarray, nows: np.nda
 
 
 __all__ = ["PARALLEL_MIN_SLOTS", "CpuSlots", "KernelParams", "State", "allocate", "causal_flush", "causal_push",
-           "compact_records", "concatenate_records", "grow",
+           "compact_records", "grow",
            "kernel_params", "reset_slot"]

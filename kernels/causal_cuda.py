@@ -26,10 +26,10 @@ from ecm_edge.kernels.causal_state import (
     STATE_FIELDS,
     CausalParams,
     State,
-    check_finite,
-    dtype_groups,
-    host_columns,
+    concatenate_records,
+    host_parts,
     kernel_params,
+    no_records,
     record_capacity,
     state_shapes,
 )
@@ -108,24 +108,15 @@ class CudaSlots:
             w = None if weights is None else self._columns_on_device(weights, whole_weights, slots,
                                                                      "transition-weight", stream)
             return self._push(slots, counts, columns, w, times, stream)
-        host = [host_columns(a) for a in cas]
-        host_w = None if weights is None else [host_columns(a) for a in weights]
-        check_finite(host, slots, "CAS")
-        if host_w is not None:
-            check_finite(host_w, slots, "transition-weight")
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         parts = []
-        for group in dtype_groups(host, host_w):
-            up = functools.partial(self._upload, [host[i] for i in group], stream)
-            w = None if host_w is None else self._upload([host_w[i] for i in group], stream)
-            part_times = np.concatenate([times[offsets[i]:offsets[i + 1]] for i in group])
-            parts.append(self._push(slots[group], counts[group], up(), w, part_times, stream))
-        ints = [p[0] for p in parts] or [np.zeros((0, len(RECORD_INT_FIELDS)), np.int64)]
-        floats = [p[1] for p in parts] or [np.zeros((0, len(RECORD_FLOAT_FIELDS)), np.float64)]
-        return np.concatenate(ints), np.concatenate(floats)
+        for part in host_parts(slots, counts, cas, weights, times):
+            w = None if part.weights is None else self._upload(part.weights, stream)
+            parts.append(self._push(slots[part.group], counts[part.group], self._upload(part.cas, stream), w,
+                                    part.times, stream))
+        return concatenate_records(parts)
 
-    def _upload(self, arrays: list[np.ndarray], stream: Any) -> Any:
-        return self.cuda.to_device(np.ascontiguousarray(np.concatenate(arrays)), stream=stream)
+    def _upload(self, array: np.ndarray, stream: Any) -> Any:
+        return self.cuda.to_device(np.ascontiguousarray(array), stream=stream)
 
     def _push(self, slots: np.ndarray, counts: np.ndarray, columns: Any, weight_columns: Any, times: np.ndarray,
               stream: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +164,7 @@ class CudaSlots:
         if written > rec_i.shape[0]:  # cannot happen: record_capacity bounds what a call writes
             raise RuntimeError(f"the CUDA causal kernels wrote {written} records into {rec_i.shape[0]} slots")
         if written == 0:
-            return np.zeros((0, len(RECORD_INT_FIELDS)), np.int64), np.zeros((0, len(RECORD_FLOAT_FIELDS)))
+            return no_records()
         ints, floats = rec_i[:written].copy_to_host(stream=stream), rec_f[:written].copy_to_host(stream=stream)
         stream.synchronize()
         return ints, floats

@@ -5,7 +5,9 @@ the classes (thread ``tid`` takes classes ``tid, tid + threads, ...``). Per colu
 softmax (thread 0 sums the exponentials in class order, as the reference) and the slot-wide rule that forgets
 old segments (each thread reads every class's earliest live candidate). Per-slot counters are kept by every
 thread alike and written back by thread 0 at the end. The arithmetic is ``causal_cpu``'s, with products that
-meet a sum rounded on their own (``dmul_rn``: no fused multiply-add).
+meet a sum rounded on their own (``dmul_rn``: no fused multiply-add). The leaf device functions are
+``causal_device``'s, compiled here as the CPU kernels compile them; what is defined here either splits the
+classes over the threads, counts into shared counters atomically, or calls other device functions.
 """
 
 from __future__ import annotations
@@ -17,29 +19,18 @@ import numpy as np
 from numba import cuda
 
 from ecm_edge.environment import cuda_simulator_enabled
+from ecm_edge.kernels import causal_device
+from ecm_edge.kernels.causal_cuda import S_COLUMNS, S_OVERFLOW_PENDING, S_OVERFLOW_SEGMENTS, S_PENDING
 from ecm_edge.kernels.causal_state import (
     FORGET_MARGIN_S,
     KIND_OPEN,
     KIND_SEGMENT,
     OVERFLOW_PENDING,
     OVERFLOW_SEGMENTS,
-    R_CLASS,
-    R_CLOSED,
-    R_END,
-    R_KEY,
-    R_KIND,
-    R_NOW,
-    R_SCORE,
-    R_SLOT,
-    R_START,
-    R_STEP,
-    R_THRESHOLD,
     SOURCE_FUSED,
     SOURCE_WEIGHTS,
 )
 from ecm_edge.kernels.detections import RANK_SCALE
-
-SUMMARY_FIELDS = 4  # per launched slot: columns, pending candidates, pending overflows, segment overflows
 
 
 def build_kernels(threads: int) -> SimpleNamespace:
@@ -53,33 +44,27 @@ def build_kernels(threads: int) -> SimpleNamespace:
 
         mul = libdevice.dmul_rn  # a product never contracted with a sum into an FMA
 
-    @cuda.jit(device=True, inline="always")
-    def sorted_insert(st_sorted, s, c, n, value):
-        i = n
-        while i > 0 and st_sorted[s, c, i - 1] > value:
-            st_sorted[s, c, i] = st_sorted[s, c, i - 1]
-            i -= 1
-        st_sorted[s, c, i] = value
-
-    @cuda.jit(device=True, inline="always")
-    def sorted_replace(st_sorted, s, c, n, old, new):
-        lo, hi = 0, n
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if st_sorted[s, c, mid] < old:
-                lo = mid + 1
-            else:
-                hi = mid
-        i = lo
-        if new >= old:
-            while i + 1 < n and st_sorted[s, c, i + 1] < new:
-                st_sorted[s, c, i] = st_sorted[s, c, i + 1]
-                i += 1
-        else:
-            while i > 0 and st_sorted[s, c, i - 1] > new:
-                st_sorted[s, c, i] = st_sorted[s, c, i - 1]
-                i -= 1
-        st_sorted[s, c, i] = new
+    # The leaf device functions, shared with the CPU kernels (``causal_device``).
+    device = cuda.jit(device=True, inline="always")
+    sorted_insert = device(causal_device.sorted_insert)
+    sorted_replace = device(causal_device.sorted_replace)
+    stats = device(causal_device.stats)
+    stretch = device(causal_device.stretch)
+    fuse = device(causal_device.fuse)
+    top_k_mean = device(causal_device.top_k_mean)
+    softmax_scores = device(causal_device.softmax_scores)
+    store_record = device(causal_device.store_record)
+    pend_candidate = device(causal_device.pend_candidate)
+    outer_mean = device(causal_device.outer_mean)
+    interval_iou = device(causal_device.interval_iou)
+    keep_segment = device(causal_device.keep_segment)
+    collect_ready = device(causal_device.collect_ready)
+    rank_ready = device(causal_device.rank_ready)
+    drop_ready = device(causal_device.drop_ready)
+    earliest_live = device(causal_device.earliest_live)
+    forget_segments = device(causal_device.forget_segments)
+    reset_counters = device(causal_device.reset_counters)
+    reset_class = device(causal_device.reset_class)
 
     @cuda.jit(device=True, inline="always")
     def ring_write(ring, window, s, c, position, before, horizon, value):
@@ -89,29 +74,6 @@ def build_kernels(threads: int) -> SimpleNamespace:
         else:
             sorted_replace(window, s, c, horizon, ring[s, position, c], new)
         ring[s, position, c] = new
-
-    @cuda.jit(device=True, inline="always")
-    def stats(window, s, c, filled):
-        zero = np.float32(0.0)
-        lo, hi = window[s, c, 0], window[s, c, filled - 1]
-        low = lo if lo >= zero else zero
-        high = hi if hi >= zero else zero
-        delta = high - low
-        if delta <= zero:
-            delta = np.float32(1.0)
-        return low, delta
-
-    @cuda.jit(device=True, inline="always")
-    def stretch(x, low, delta, wide):
-        if wide:
-            return (x - np.float64(low)) / np.float64(delta)
-        return np.float64((np.float32(x) - low) / delta)
-
-    @cuda.jit(device=True, inline="always")
-    def fuse(a, b, wide):
-        if wide:
-            return 0.5 * (a + b)
-        return np.float64(np.float32(0.5) * (np.float32(a) + np.float32(b)))
 
     @cuda.jit(device=True, inline="always")
     def outer_reach(first, last, oic_lambda):
@@ -131,21 +93,10 @@ def build_kernels(threads: int) -> SimpleNamespace:
                 ring_write(st.ring, st.sorted, s, c, position, before, h, st.held[s, i, c])
                 if kp.source != 0:
                     ring_write(st.ring_w, st.sorted_w, s, c, position, before, h, st.held_w[s, i, c])
-            total = 0.0
-            for i in range(filled - 1, filled - 1 - k, -1):
-                total += np.float64(st.sorted[s, c, i])
-            st.scratch_means[s, c] = total / k
+            st.scratch_means[s, c] = top_k_mean(st.sorted, s, c, filled, k)
         cuda.syncthreads()
         if tid == 0:
-            high = st.scratch_means[s, 0]
-            for c in range(1, classes):
-                high = max(high, st.scratch_means[s, c])
-            total = 0.0
-            for c in range(classes):
-                st.scratch_means[s, c] = math.exp(st.scratch_means[s, c] - high)
-                total += st.scratch_means[s, c]
-            for c in range(classes):
-                st.last_scores[s, c] = st.scratch_means[s, c] / total
+            softmax_scores(st, s, classes)
         wide = wide_c
         if kp.source == SOURCE_WEIGHTS:
             wide = wide_w
@@ -173,31 +124,16 @@ def build_kernels(threads: int) -> SimpleNamespace:
 
     @cuda.jit(device=True, inline="always")
     def write_record(rec_i, rec_f, cursor, s, kind, c, j, step, closed, key, start, end, score, now):
+        """``store_record`` at the next free row of the launch's records (``cursor``: the rows taken)."""
         at = cuda.atomic.add(cursor, 0, 1)
-        if at >= rec_i.shape[0]:
-            return
-        rec_i[at, R_SLOT], rec_i[at, R_KIND], rec_i[at, R_CLASS] = s, kind, c
-        rec_i[at, R_THRESHOLD], rec_i[at, R_STEP], rec_i[at, R_CLOSED] = j, step, closed
-        rec_f[at, R_KEY], rec_f[at, R_START], rec_f[at, R_END] = key, start, end
-        rec_f[at, R_SCORE], rec_f[at, R_NOW] = score, now
+        if at < rec_i.shape[0]:
+            store_record(rec_i, rec_f, at, s, kind, c, j, step, closed, key, start, end, score, now)
 
     @cuda.jit(device=True, inline="always")
     def close_candidate(st, kp, s, c, j, last, end, step):
-        first = st.open_first[s, c, j]
-        st.open_first[s, c, j] = -1
-        n = st.pend_count[s, c]
-        if n == st.pend_first.shape[2]:
-            cuda.atomic.add(st.overflow, (s, OVERFLOW_PENDING), 1)
-            return
-        st.pend_first[s, c, n] = first
-        st.pend_last[s, c, n] = last
-        st.pend_ready[s, c, n] = outer_reach(first, last, kp.oic_lambda)[1] - 1
-        st.pend_closed[s, c, n] = step
-        st.pend_threshold[s, c, n] = j
-        st.pend_sum[s, c, n] = st.open_sum[s, c, j]
-        st.pend_start[s, c, n] = st.open_start[s, c, j]
-        st.pend_end[s, c, n] = end
-        st.pend_count[s, c] = n + 1
+        ready = outer_reach(st.open_first[s, c, j], last, kp.oic_lambda)[1] - 1
+        if not pend_candidate(st, s, c, j, last, end, step, ready):
+            cuda.atomic.add(st.overflow, (s, OVERFLOW_PENDING), 1)  # the block's threads share the counter
 
     @cuda.jit(device=True, inline="always")
     def track_class(st, kp, s, c, i, t, start, last_end, rec_i, rec_f, cursor):
@@ -227,67 +163,21 @@ def build_kernels(threads: int) -> SimpleNamespace:
         theta = kp.thresholds[st.pend_threshold[s, c, p]]
         left, right = outer_reach(first, last, kp.oic_lambda)
         oldest = max(0, index - h + 1)
-        total, count = 0.0, 0
-        for position in range(max(oldest, left), first):
-            value = st.values[s, position % h, c]
-            total += np.float64(value) if value >= theta else 0.0
-            count += 1
-        for position in range(last + 1, min(newest + 1, right)):
-            value = st.values[s, position % h, c]
-            total += np.float64(value) if value >= theta else 0.0
-            count += 1
-        outer = total / count if count > 0 else 0.0
+        outer = outer_mean(st.values, s, c, h, theta, max(oldest, left), first, last, min(newest + 1, right))
         inner = st.pend_sum[s, c, p] / (last - first + 1)
         return (inner - outer) + mul(kp.gamma, st.last_scores[s, c])
 
     @cuda.jit(device=True, inline="always")
     def suppressed(st, kp, s, c, start, end):
         for e in range(st.emit_count[s, c]):
-            other_start, other_end = st.emit_start[s, c, e], st.emit_end[s, c, e]
-            inter = max(0.0, min(end, other_end) - max(start, other_start) + kp.iou_offset)
-            union = (end - start + kp.iou_offset) + (other_end - other_start + kp.iou_offset) - inter
-            if inter / union >= kp.nms_iou:
+            if interval_iou(start, end, st.emit_start[s, c, e], st.emit_end[s, c, e], kp.iou_offset) >= kp.nms_iou:
                 return True
         return False
 
     @cuda.jit(device=True, inline="always")
-    def keep_segment(st, s, c, start, end):
-        n = st.emit_count[s, c]
-        if n == st.emit_start.shape[2]:
-            cuda.atomic.add(st.overflow, (s, OVERFLOW_SEGMENTS), 1)
-            for e in range(1, n):
-                st.emit_start[s, c, e - 1] = st.emit_start[s, c, e]
-                st.emit_end[s, c, e - 1] = st.emit_end[s, c, e]
-            n -= 1
-        st.emit_start[s, c, n] = start
-        st.emit_end[s, c, n] = end
-        st.emit_count[s, c] = n + 1
-
-    @cuda.jit(device=True, inline="always")
-    def drop_ready(st, s, c, t, everything):
-        kept = 0
-        for p in range(st.pend_count[s, c]):
-            if everything or st.pend_ready[s, c, p] <= t:
-                continue
-            st.pend_first[s, c, kept] = st.pend_first[s, c, p]
-            st.pend_last[s, c, kept] = st.pend_last[s, c, p]
-            st.pend_ready[s, c, kept] = st.pend_ready[s, c, p]
-            st.pend_closed[s, c, kept] = st.pend_closed[s, c, p]
-            st.pend_threshold[s, c, kept] = st.pend_threshold[s, c, p]
-            st.pend_sum[s, c, kept] = st.pend_sum[s, c, p]
-            st.pend_start[s, c, kept] = st.pend_start[s, c, p]
-            st.pend_end[s, c, kept] = st.pend_end[s, c, p]
-            kept += 1
-        st.pend_count[s, c] = kept
-
-    @cuda.jit(device=True, inline="always")
     def emit_class(st, kp, s, c, t, index, newest, everything, step, now, rec_i, rec_f, cursor):
         """``causal_cpu.emit_class``: class c's ready candidates scored, ranked (stable), suppressed, emitted."""
-        ready = 0
-        for p in range(st.pend_count[s, c]):
-            if everything or st.pend_ready[s, c, p] <= t:
-                st.scratch_order[s, c, ready] = p
-                ready += 1
+        ready = collect_ready(st, s, c, t, everything)
         if ready == 0:
             return
         if st.last_scores[s, c] >= kp.class_threshold:
@@ -295,35 +185,18 @@ def build_kernels(threads: int) -> SimpleNamespace:
                 score = oic_score(st, kp, s, c, st.scratch_order[s, c, r], index, newest)
                 st.scratch_score[s, c, r] = score
                 st.scratch_key[s, c, r] = math.floor(score * RANK_SCALE + 0.5)
-            for a in range(1, ready):
-                p, key, score = st.scratch_order[s, c, a], st.scratch_key[s, c, a], st.scratch_score[s, c, a]
-                b = a
-                while b > 0 and st.scratch_key[s, c, b - 1] < key:
-                    st.scratch_order[s, c, b] = st.scratch_order[s, c, b - 1]
-                    st.scratch_key[s, c, b] = st.scratch_key[s, c, b - 1]
-                    st.scratch_score[s, c, b] = st.scratch_score[s, c, b - 1]
-                    b -= 1
-                st.scratch_order[s, c, b], st.scratch_key[s, c, b], st.scratch_score[s, c, b] = p, key, score
+            rank_ready(st, s, c, ready)
             for r in range(ready):
                 p = st.scratch_order[s, c, r]
                 start, end = st.pend_start[s, c, p], st.pend_end[s, c, p]
                 if suppressed(st, kp, s, c, start, end):
                     continue
-                keep_segment(st, s, c, start, end)
+                if keep_segment(st, s, c, start, end):
+                    cuda.atomic.add(st.overflow, (s, OVERFLOW_SEGMENTS), 1)
                 write_record(rec_i, rec_f, cursor, s, KIND_SEGMENT, c, st.pend_threshold[s, c, p], step,
                              st.pend_closed[s, c, p], st.scratch_key[s, c, r], start, end,
                              st.scratch_score[s, c, r], now)
         drop_ready(st, s, c, t, everything)
-
-    @cuda.jit(device=True, inline="always")
-    def earliest_live(st, s, c):
-        earliest = math.inf
-        for p in range(st.pend_count[s, c]):
-            earliest = min(earliest, st.pend_start[s, c, p])
-        for j in range(st.open_first.shape[2]):
-            if st.open_first[s, c, j] >= 0:
-                earliest = min(earliest, st.open_start[s, c, j])
-        return earliest
 
     @cuda.jit(device=True, inline="always")
     def forget_old_segments(st, s, last_end):
@@ -340,16 +213,7 @@ def build_kernels(threads: int) -> SimpleNamespace:
             horizon_start = last_end
         horizon_start -= FORGET_MARGIN_S
         for c in range(tid, classes, threads):
-            n = st.emit_count[s, c]
-            if n == 0 or st.emit_end[s, c, 0] >= horizon_start:
-                continue
-            kept = 0
-            for e in range(n):
-                if st.emit_end[s, c, e] >= horizon_start:
-                    st.emit_start[s, c, kept] = st.emit_start[s, c, e]
-                    st.emit_end[s, c, kept] = st.emit_end[s, c, e]
-                    kept += 1
-            st.emit_count[s, c] = kept
+            forget_segments(st, s, c, horizon_start)
         cuda.syncthreads()
 
     @cuda.jit(device=True, inline="always")
@@ -377,13 +241,9 @@ def build_kernels(threads: int) -> SimpleNamespace:
     def reset_slot(st, s):
         tid = cuda.threadIdx.x
         for c in range(tid, st.open_first.shape[1], threads):
-            for j in range(st.open_first.shape[2]):
-                st.open_first[s, c, j] = -1
-            st.pend_count[s, c] = 0
-            st.emit_count[s, c] = 0
+            reset_class(st, s, c)
         if tid == 0:
-            st.columns[s], st.seen[s], st.tracker_index[s], st.last_end[s], st.has_scores[s] = 0, 0, -1, 0.0, 0
-            st.held_wide[s, 0], st.held_wide[s, 1] = 0, 0
+            reset_counters(st, s)
         cuda.syncthreads()
 
     @cuda.jit(device=True, inline="always")
@@ -393,8 +253,9 @@ def build_kernels(threads: int) -> SimpleNamespace:
             pending = 0
             for c in range(st.pend_count.shape[1]):
                 pending += st.pend_count[s, c]
-            summary[b, 0], summary[b, 1] = st.columns[s], pending
-            summary[b, 2], summary[b, 3] = st.overflow[s, OVERFLOW_PENDING], st.overflow[s, OVERFLOW_SEGMENTS]
+            summary[b, S_COLUMNS], summary[b, S_PENDING] = st.columns[s], pending
+            summary[b, S_OVERFLOW_PENDING] = st.overflow[s, OVERFLOW_PENDING]
+            summary[b, S_OVERFLOW_SEGMENTS] = st.overflow[s, OVERFLOW_SEGMENTS]
 
     @cuda.jit
     def push(st, kp, slots, resets, offsets, cas, wide_c, weights, wide_w, times, rec_i, rec_f, cursor, summary):

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import math
 from collections import namedtuple
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -209,6 +211,18 @@ def host_columns(array: object) -> np.ndarray:
     return array if array.dtype in (np.float32, np.float64) else array.astype(np.float64)
 
 
+def no_records() -> tuple[np.ndarray, np.ndarray]:
+    """Records (ints, floats) of a call that emitted nothing."""
+    return np.zeros((0, len(RECORD_INT_FIELDS)), np.int64), np.zeros((0, len(RECORD_FLOAT_FIELDS)), np.float64)
+
+
+def concatenate_records(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The records of several kernel calls (ints, floats), back to back."""
+    if not parts:
+        return no_records()
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def check_finite(columns: list[np.ndarray], slots: np.ndarray, what: str) -> None:
     for slot, column in zip(slots.tolist(), columns, strict=True):
         if not np.all(np.isfinite(column)):
@@ -223,6 +237,32 @@ def dtype_groups(cas: list[np.ndarray], weights: list[np.ndarray] | None) -> lis
     return [np.array([i for i, k in enumerate(keys) if k == key], np.int64) for key in dict.fromkeys(keys)]
 
 
+class HostPart(NamedTuple):
+    """The entries of one push whose columns share their dtypes, back to back: what one kernel call takes."""
+
+    group: np.ndarray  # the entries' indices in the push's slots
+    cas: np.ndarray  # [ΣM, C], float32 or float64
+    weights: np.ndarray | None  # likewise, or None for the ``cas`` source
+    times: np.ndarray  # [ΣM, 3]: start, end, now
+
+
+def host_parts(slots: np.ndarray, counts: np.ndarray, cas: list, weights: list | None,
+               times: np.ndarray) -> Iterator[HostPart]:
+    """A push's per-slot columns (host or device memory) in host memory, all checked to be finite before the
+    first part is given, then grouped by (CAS dtype, weights dtype): the kernels are compiled per input dtype.
+    ``times`` holds the entries' rows back to back, ``counts[n]`` of them for entry n."""
+    host = [host_columns(c) for c in cas]
+    host_w = None if weights is None else [host_columns(w) for w in weights]
+    check_finite(host, slots, "CAS")
+    if host_w is not None:
+        check_finite(host_w, slots, "transition-weight")
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    for group in dtype_groups(host, host_w):
+        yield HostPart(group, np.concatenate([host[i] for i in group]),
+                       None if host_w is None else np.concatenate([host_w[i] for i in group]),
+                       np.concatenate([times[offsets[i]:offsets[i + 1]] for i in group]))
+
+
 __all__ = [
     "CLEARED_ON_RESET",
     "FORGET_MARGIN_S",
@@ -235,13 +275,17 @@ __all__ = [
     "SOURCE_WEIGHTS",
     "STATE_FIELDS",
     "CausalParams",
+    "HostPart",
     "KernelParams",
     "State",
     "check_finite",
     "check_params",
+    "concatenate_records",
     "event_order",
     "host_columns",
+    "host_parts",
     "kernel_params",
+    "no_records",
     "pending_capacity",
     "record_capacity",
     "segment_capacity",

@@ -1,8 +1,11 @@
 """The small deploy folder and feature file the stream tests (CLI, faults) run on: random weights, 4 classes,
-and 120 snippets with one distinct stretch so that segments come out."""
+and 120 snippets with one distinct stretch so that segments come out; and ``ecm-edge stream`` as a subprocess."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,9 @@ import pytest
 
 D, H, C = 32, 48, 4
 CLASS_NAMES = ["walk", "jump", "wave", "sit"]
+KEEP_ALL = ("--set", "post.class_threshold=0.0")  # random weights: flat video scores, keep every class
+STREAM_COMMAND = (sys.executable, "-m", "ecm_edge", "stream")  # `ecm-edge stream` with the tests' Python
+STREAM_TIMEOUT_S = 120  # a stream of the small deploy folder takes seconds; a hung one fails the test
 
 
 def save_random_deploy(folder: Path) -> Path:
@@ -34,6 +40,16 @@ def save_features_with_an_action(path: Path) -> Path:
     x[30:60] += 3 * rng.normal(size=D).astype(np.float32)
     np.save(path, x)
     return path
+
+
+def run_stream(*args: str, timeout: float = STREAM_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """``ecm-edge stream ARGS`` as a subprocess, its output captured as text."""
+    return subprocess.run([*STREAM_COMMAND, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def events_of(text: str) -> list[dict]:
+    """The events of a JSONL text (blank lines skipped)."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def assert_same_events(got: list[dict], expected: list[dict]) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from stream_helpers import D
+from stream_helpers import KEEP_ALL, D
 
 from ecm_edge.cli.main import main
 from ecm_edge.evaluation import write_predictions
@@ -34,7 +34,6 @@ from ecm_edge.runtime.localizer import Localizer
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/full") or os.name != "posix",
                                 reason="needs /dev/full, POSIX signals and resource limits")
 
-KEEP_ALL = ("--set", "post.class_threshold=0.0")  # random weights: flat video scores, keep every class
 FAST_WEBHOOK = ("--set", "stream.webhook_backoff_s=0.01", "--set", "stream.webhook_backoff_max_s=0.05")
 REALTIME_FAST = ("--set", "data.feature_fps=1600")  # 10 ms snippets: a live-like stream that runs until stopped
 MEMORY_LIMIT = 3 << 30  # address space of a stream subprocess: a regression fails the test, not the machine

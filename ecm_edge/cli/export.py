@@ -35,10 +35,15 @@ import click
               help="Export a feature backbone (i3d, i3d-flow) instead of the ECM head.")
 @click.option("--backbone-weights", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
               help="Local weights of --backbone.")
+@click.option("--triton", "triton_dir", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="Also write a Triton Inference Server model repository (serve it with `ecm-edge serve DIR`).")
+@click.option("--triton-head", type=click.Choice(["numpy", "onnxruntime"]), default="numpy", show_default=True,
+              help="What runs the head inside the repository's ecm_stream model.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
 def export(checkpoint: Path | None, precision: str, calib_data: Path | None, calib_cache: Path | None, opset: int,
            engine: bool | None, validate_data: Path | None, out_dir: Path | None, overrides: tuple[str, ...],
-           backbone: str | None, backbone_weights: Path | None, progress: bool | None) -> None:
+           backbone: str | None, backbone_weights: Path | None, triton_dir: Path | None, triton_head: str,
+           progress: bool | None) -> None:
     """Export a trained ECM for deployment: ONNX graphs, FP16/INT8 variants, TensorRT engines, manifests.
 
     Writes the offline graph (features [B, T, D] → cas [B, T, C], video_scores [B, C]) and the streaming graph
@@ -49,6 +54,7 @@ def export(checkpoint: Path | None, precision: str, calib_data: Path | None, cal
     Examples:
       ecm-edge export --checkpoint runs/train/exp --precision fp16
       ecm-edge export --checkpoint runs/train/exp --precision int8 --calib-data data/small --validate data/small
+      ecm-edge export --checkpoint runs/train/exp --precision fp32 --triton runs/triton
     """
     from ecm_edge.io import next_run_dir
 
@@ -62,7 +68,7 @@ def export(checkpoint: Path | None, precision: str, calib_data: Path | None, cal
     out = out_dir if out_dir is not None else next_run_dir("runs", "export")
     request = ExportRequest(checkpoint=checkpoint, out_dir=out, precision=precision, calib_data=calib_data,
                             calib_cache=calib_cache, opset=opset, engine=engine, validate=validate_data,
-                            overrides=overrides)
+                            overrides=overrides, triton=triton_dir, triton_head=triton_head)
     show = sys.stderr.isatty() if progress is None else progress
     result = run_export(request, on_step=print_step, progress=_progress_factory(show))
     if result.engine_message:
@@ -72,6 +78,9 @@ def export(checkpoint: Path | None, precision: str, calib_data: Path | None, cal
         click.echo(result.validation.to_markdown())
     click.echo(f"{len(result.artifacts)} artifacts with manifests in {result.out_dir}")
     click.echo(f"next: ecm-edge stream --artifacts {result.out_dir} --camera 0")
+    if triton_dir is not None:
+        click.echo(f"serve the Triton repository: ecm-edge serve {triton_dir}; then ecm-edge stream --triton "
+                   "http://HOST:8000 --camera 0")
 
 
 def print_step(step) -> None:

@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "postprocess": ("ecm_edge.cli.postprocess", "postprocess", "Raw predictions (--save-raw) → detections JSON."),
     "viz": ("ecm_edge.cli.viz", "viz", "Draw a video's ground truth vs detections (and CAS); export .srt subtitles."),
     "stream": ("ecm_edge.cli.stream", "stream", "Localize actions live (camera, file, URL, features) as JSON events."),
+    "serve": ("ecm_edge.cli.serve", "serve", "Run NVIDIA Triton Inference Server on a repository of export --triton."),
 }
 
 

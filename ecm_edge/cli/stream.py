@@ -100,8 +100,13 @@ def _mqtt_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--keep-going", is_flag=True,
               help="Start even when some sources cannot be opened: report each (source_lost), retry the live "
                    "ones with backoff, serve the others; exit 1 at the end if a source failed for good.")
-@click.option("--artifacts", required=True, type=click.Path(exists=True, path_type=Path),
-              help="A training run folder (model.safetensors + model.json) or an `ecm-edge export` folder.")
+@click.option("--artifacts", default=None, type=click.Path(exists=True, path_type=Path),
+              help="A training run folder (model.safetensors + model.json) or an `ecm-edge export` folder "
+                   "(not with --triton).")
+@click.option("--triton", "triton_url", default=None, metavar="URL",
+              help="Run the streams on a Triton server (`ecm-edge serve`): http://HOST:8000 or grpc://HOST:8001; "
+                   "features are extracted here, events come back to the usual sinks.")
+@click.option("--triton-model", default="ecm_stream", show_default=True, help="The served stream model's name.")
 @renamed_option("--engine", "--backend", "engine", type=click.Choice(HEAD_ENGINES), default="auto", show_default=True,
                 help="What runs the head: numpy (deploy folder, one column per snippet), onnxruntime / tensorrt "
                      "(export folder), torch; auto picks numpy for a deploy folder, else what the machine has.")
@@ -129,7 +134,8 @@ def _mqtt_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @config_options(default=None)
 @click.pass_context
 def stream(ctx: click.Context, sources_file: Path | None, cameras: tuple[int, ...], videos: tuple[Path, ...],
-           urls: tuple[str, ...], features: tuple[Path, ...], keep_going: bool, artifacts: Path, engine: str,
+           urls: tuple[str, ...], features: tuple[Path, ...], keep_going: bool, artifacts: Path | None,
+           triton_url: str | None, triton_model: str, engine: str,
            precision: str, extractor: str, backbone_artifact: Path | None, flow_artifact: Path | None, out: str,
            webhook: str | None, spool: Path | None, no_realtime: bool, config_name: str | None,
            overrides: tuple[str, ...], out_events: str | None, webhook_events: str | None,
@@ -145,15 +151,25 @@ def stream(ctx: click.Context, sources_file: Path | None, cameras: tuple[int, ..
       ecm-edge stream --camera 0 --artifacts runs/train/exp
       ecm-edge stream --sources cameras.yaml --artifacts runs/export/exp --keep-going --out events.jsonl
       ecm-edge stream --video a.mp4 --video b.mp4 --artifacts runs/train/exp --no-realtime
+      ecm-edge stream --sources cameras.yaml --triton grpc://gpu-server:8001
     """
     specs = _specs(sources_file, cameras, urls, videos, features)
-    from ecm_edge.runtime.engine import StreamEngine
-
+    if (artifacts is None) == (triton_url is None):
+        raise click.UsageError("give --artifacts FOLDER (run the head here) or --triton URL (run it on a Triton "
+                               "server), one of the two")
     options = {k: v for k, v in (("artifact", backbone_artifact), ("flow_artifact", flow_artifact)) if v}
     needs_frames = any(spec.kind != "features" for spec in specs)
-    head = StreamEngine.from_artifacts(artifacts, engine, config=config_name, overrides=overrides,
-                                       extractor=extractor if needs_frames else None, extractor_options=options,
-                                       precision=precision)
+    if triton_url is not None:
+        from ecm_edge.runtime.triton_client import TritonStreamEngine
+
+        head: Any = TritonStreamEngine(triton_url, model=triton_model, config=config_name, overrides=overrides,
+                                       extractor=extractor if needs_frames else None, extractor_options=options)
+    else:
+        from ecm_edge.runtime.engine import StreamEngine
+
+        head = StreamEngine.from_artifacts(artifacts, engine, config=config_name, overrides=overrides,
+                                           extractor=extractor if needs_frames else None, extractor_options=options,
+                                           precision=precision)
     out_sink = head.add_sink(JsonlSink(out, types=parse_event_types(out_events)))
     if webhook is not None:
         head.add_sink(_webhook_sink(head.config, webhook, spool, webhook_events))
@@ -162,7 +178,7 @@ def stream(ctx: click.Context, sources_file: Path | None, cameras: tuple[int, ..
     if needs_frames:
         _quiet_opencv()
     _serve(head, specs, out_sink, realtime=not no_realtime, keep_going=keep_going,
-           start_line=_start_line(head, specs, artifacts, out, webhook))
+           start_line=_start_line(head, specs, artifacts or triton_url, out, webhook))
     if out != "-":
         info(f"events written to {out}; next: inspect them with `head {out}` or plot them with `ecm-edge viz`")
 
@@ -234,7 +250,7 @@ def _serve(head: Any, specs: list[SourceSpec], out_sink: JsonlSink, *, realtime:
     _fail_on_losses(head.dispatcher.losses(), failure)
 
 
-def _start_line(head: Any, specs: Sequence[SourceSpec], artifacts: Path, out: str, webhook: str | None) -> str:
+def _start_line(head: Any, specs: Sequence[SourceSpec], artifacts: Path | str, out: str, webhook: str | None) -> str:
     """What runs where: the sources, the head, the classes and the rate, where the events go."""
     if len(specs) == 1:
         what = specs[0].describe()

@@ -294,3 +294,19 @@ class StepStats:
         fps = self._frames_since / max(now - self._since, 1e-9)
         self._frames_since, self._since = 0, now
         return stats_event(fps, self.snippets, dropped_frames, *self.percentiles_ms())
+
+
+_TYPES: dict[str, type[Event]] = {cls.type: cls for cls in (Segment, SegmentOpen, Alert, SourceLost,
+                                                             SourceRestored)}
+
+
+def event_from_dict(raw: Mapping[str, Any]) -> Event:
+    """The typed event of a JSON object (as ``to_dict`` wrote it, e.g. by a server); ``stats`` objects become
+    :class:`Stats` or, with ``streams``, :class:`ProcessStats`. Unknown keys (``id``) are left out."""
+    kind = raw.get("type")
+    cls = (ProcessStats if "streams" in raw else Stats) if kind == STATS else _TYPES.get(str(kind))
+    if cls is None:
+        raise ValueError(f"unknown event type {kind!r}; known: {', '.join(EVENT_TYPES)}")
+    values = {f.name: raw[f.metadata.get("key", f.name)] for f in dataclasses.fields(cls)
+              if f.metadata.get("key", f.name) in raw}
+    return cls(**values)

@@ -42,12 +42,10 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ecm_edge.errors import ConfigError, EcmEdgeError
-from ecm_edge.runtime.events import SOURCE_KEY, Event, to_json_line, with_id
+from ecm_edge.runtime.events import SOURCE_KEY, Event
 from ecm_edge.runtime.sinks import (
     MEMORY_BACKLOG,
-    Sink,
-    SinkLoss,
-    Spool,
+    SpoolingSink,
     describe_error,
     log_failure,
     parse_event_types,
@@ -265,7 +263,7 @@ class _Connection:
         self.client.loop_stop()
 
 
-class MqttSink(Sink):
+class MqttSink(SpoolingSink):
     """Publishes events to an MQTT broker from a writer thread; a :class:`Spool` keeps what cannot be delivered.
 
     ``url``: ``mqtt://[user:password@]host[:1883]/prefix`` or ``mqtts://...`` (TLS, port 8883); ``username`` /
@@ -279,7 +277,7 @@ class MqttSink(Sink):
     the rest in the spool for the next run.
     """
 
-    wire = True
+    kind = "MQTT"
 
     def __init__(self, url: str, spool: str | Path = DEFAULT_SPOOL, *, username: str | None = None,
                  password: str | None = None, ca_file: str | Path | None = None, cert_file: str | Path | None = None,
@@ -288,7 +286,8 @@ class MqttSink(Sink):
                  backoff_s: float = 0.5, backoff_max_s: float = 30.0, queue_size: int = 1000,
                  close_timeout_s: float = 10.0, memory_events: int = MEMORY_BACKLOG,
                  types: Iterable[str] | None = None):
-        super().__init__(types)
+        super().__init__(spool, backoff_s=backoff_s, backoff_max_s=backoff_max_s, queue_size=queue_size,
+                         close_timeout_s=close_timeout_s, memory_events=memory_events, types=types)
         target = parse_mqtt_url(url)
         if username is not None or password is not None:
             target = MqttTarget(target.host, target.port, target.tls, target.prefix,
@@ -297,71 +296,37 @@ class MqttSink(Sink):
         context = tls_context(ca_file, cert_file, key_file, insecure) if target.tls else None
         if not target.tls and (ca_file or cert_file or key_file or insecure):
             raise ConfigError(f"MQTT TLS options given for {target.where}: use an mqtts:// URL for TLS")
-        self.target, self.where, self.spool = target, target.where, Path(spool)
+        self.target, self.where = target, target.where
         self._settings = _Settings(target, client_id or default_client_id(), keepalive_s, context, insecure)
         self.connect_timeout_s = connect_timeout_s
-        self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
-        self.close_timeout_s = close_timeout_s  # delivery time granted at close before the rest is spooled
-        self.delivered = 0  # events acknowledged by the broker (spooled ones included once re-sent)
-        self._spool = Spool(self.spool, memory_events, owner="MQTT")
-        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=max(1, queue_size))
         self._order = threading.Lock()  # the queue's content moves to the spool in one piece (order kept)
         self._wake = threading.Event()  # something changed: an event queued, a PUBACK, a link up or down
-        self._closing = threading.Event()
-        self._deadline = math.inf  # monotonic time by which close must be done (hurry() brings it forward)
         self._window: collections.deque[tuple[bytes, paho.MQTTMessageInfo, bool]] = collections.deque()
         self._conn: _Connection | None = None
-        self._delay = backoff_s
-        self._next_try = 0.0  # monotonic time of the next connection attempt
         self._tried_closing = False  # a closing sink tries to connect once more, then stops
-        self._queue_full_warned = False
         self._refusals = 0  # refused reconnections in a row (logged sparingly)
         self._connect_at_start()
         self._thread = threading.Thread(target=self._run, name="ecm-edge-mqtt", daemon=True)
         self._thread.start()
 
     @property
-    def spooled(self) -> int:
-        """Events written to the spool file by this sink."""
-        return self._spool.written
-
-    @property
-    def dropped(self) -> int:
-        """Events lost: neither delivered nor spooled (the spool unwritable and the memory backlog full)."""
-        return self._spool.dropped
-
-    @property
     def connected(self) -> bool:
         conn = self._conn
         return conn is not None and not conn.lost.is_set()
 
-    def spool_size(self) -> int:
-        """Events waiting in the spool (file and memory)."""
-        return self._spool.count()
-
     # -- the caller's side ------------------------------------------------------------------------------------
     def write(self, event: Event) -> None:
-        """Queue one event for delivery (never waits for the broker: a full queue sends it to the spool)."""
-        line = to_json_line(with_id(event)).encode("utf-8")
-        if self._closing.is_set():
-            self._spool.append([line])
-            return
-        try:
-            self._queue.put_nowait(line)
-        except queue.Full:
-            self._spill(line)
+        """Queue one event (or spool it, :meth:`SpoolingSink.write`) and wake the writer."""
+        super().write(event)
         self._wake.set()
 
     def _spill(self, line: bytes) -> None:
         """The queue is full: it goes to the spool, then ``line`` (older events stay before newer ones)."""
-        if not self._queue_full_warned:
-            self._queue_full_warned = True
-            log.warning("MQTT queue full (%d events); spooling to %s", self._queue.maxsize, self.spool)
         with self._order:
             self._spool.append([*self._drain_queue(), line])
 
     def hurry(self, grace_s: float) -> None:
-        self._deadline = min(self._deadline, time.monotonic() + grace_s)
+        super().hurry(grace_s)
         self._wake.set()
 
     def close(self, timeout_s: float | None = None) -> None:
@@ -379,18 +344,6 @@ class MqttSink(Sink):
             self._spool.append(self._drain_queue())  # written while the writer stopped
         self._spool.close()
         self._report()
-
-    def _report(self) -> None:
-        waiting = self._spool.count()
-        if waiting:
-            log.warning("MQTT %s: %d undelivered events kept in %s; they are sent first on the next run",
-                        self.where, waiting, self.spool)
-
-    def loss(self) -> SinkLoss | None:
-        if not self._spool.dropped:
-            return None
-        return SinkLoss(self._spool.dropped, f"{self.where} nor spooled to {self.spool}",
-                        self._spool.error or "unknown error", verb="neither delivered to")
 
     # -- connecting -----------------------------------------------------------------------------------------
     def _connect_at_start(self) -> None:
@@ -445,8 +398,7 @@ class MqttSink(Sink):
         """No connection: say so (once per outage), try again after the backoff."""
         if message:
             log.warning(message)
-        self._next_try = time.monotonic() + self._delay
-        self._delay = min(self._delay * 2, self.backoff_max_s)
+        self._back_off()
 
     def _lost(self) -> None:
         """The link dropped: what was in flight goes back before everything waiting, in order."""

@@ -676,36 +676,35 @@ def event_id(line: bytes) -> str:
     return "sha256-" + hashlib.sha256(line.strip()).hexdigest()[:32]
 
 
-class WebhookSink(Sink):
-    """HTTP POST per event from a writer thread, with retries, a bounded queue and a :class:`Spool`."""
+class SpoolingSink(Sink):
+    """Base of the sinks that deliver events over the network from a writer thread and keep what they cannot
+    deliver in a :class:`Spool`: :class:`WebhookSink` and ``ecm_edge.runtime.mqtt.MqttSink``.
+
+    What they share is here: the caller's side (:meth:`write` only queues, in a bounded queue; a full queue, or
+    a closing sink, sends the event to the spool), the spool and its counters, the close deadline that
+    :meth:`hurry` brings forward, the exponential backoff after a failed delivery, and what is reported at close
+    (events kept for the next run, events lost). A subclass names itself (:attr:`kind`) and its receiver
+    (:attr:`where`), runs the writer thread and closes it.
+    """
 
     wire = True
+    kind = "spooling"  # names the sink in log lines (and its spool's): "webhook", "MQTT"
+    where: str  # the receiver, as log lines and losses name it
 
-    def __init__(self, url: str, spool: str | Path, *, timeout_s: float = 5.0, retries: int = 3,
-                 backoff_s: float = 0.5, backoff_max_s: float = 30.0, queue_size: int = 1000,
-                 close_timeout_s: float = 10.0, memory_events: int = MEMORY_BACKLOG,
-                 types: Iterable[str] | None = None):
+    def __init__(self, spool: str | Path, *, backoff_s: float, backoff_max_s: float, queue_size: int,
+                 close_timeout_s: float, memory_events: int, types: Iterable[str] | None):
         super().__init__(types)
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"webhook URL must start with http:// or https://, got {url!r}")
-        self.url, self.spool = url, Path(spool)
-        self.timeout_s, self.retries = timeout_s, max(1, retries)
+        self.spool = Path(spool)
         self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
         self.close_timeout_s = close_timeout_s  # delivery time granted at close before the rest is spooled
-        self.delivered = 0  # events POSTed successfully (spooled ones included once re-sent)
-        self._spool = Spool(self.spool, memory_events)
+        self.delivered = 0  # events the receiver acknowledged (spooled ones included once re-sent)
+        self._spool = Spool(self.spool, memory_events, owner=self.kind)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, queue_size))
         self._closing = threading.Event()  # no new events: later writes go straight to the spool
-        self._abort = threading.Event()  # close ran out of time: spool what is left without trying
         self._deadline = math.inf  # monotonic time by which close must be done (hurry() brings it forward)
-        self._handover = threading.Lock()  # who spools the event in flight: the writer, or close() if stuck
-        self._in_flight: bytes | None = None
-        self._abandoned = False  # close() gave up on the writer thread and took over its event
         self._queue_full_warned = False
-        self._delay = backoff_s
-        self._next_probe = 0.0  # monotonic time before which a down receiver is not tried again
-        self._thread = threading.Thread(target=self._run, name="ecm-edge-webhook", daemon=True)
-        self._thread.start()
+        self._delay = backoff_s  # the wait after the next failure; doubles per failure up to backoff_max_s
+        self._next_try = 0.0  # monotonic time before which a receiver that is down is not tried again
 
     @property
     def spooled(self) -> int:
@@ -717,9 +716,12 @@ class WebhookSink(Sink):
         """Events lost: neither delivered nor spooled (the spool unwritable and the memory backlog full)."""
         return self._spool.dropped
 
-    # -- the caller's side ------------------------------------------------------------------------------------
+    def spool_size(self) -> int:
+        """Events waiting in the spool (file and memory)."""
+        return self._spool.count()
+
     def write(self, event: Event) -> None:
-        """Queue one event for delivery (never blocks: a full queue sends it to the spool)."""
+        """Queue one event for delivery (never waits for the receiver: a full queue sends it to the spool)."""
         line = to_json_line(with_id(event)).encode("utf-8")
         if self._closing.is_set():
             self._spool.append([line])
@@ -729,12 +731,64 @@ class WebhookSink(Sink):
         except queue.Full:
             if not self._queue_full_warned:
                 self._queue_full_warned = True
-                log.warning("webhook queue full (%d events); spooling to %s", self._queue.maxsize, self.spool)
-            self._spool.append([line])
+                log.warning("%s queue full (%d events); spooling to %s", self.kind, self._queue.maxsize,
+                            self.spool)
+            self._spill(line)
+
+    def _spill(self, line: bytes) -> None:
+        """The queue is full: ``line`` goes to the spool."""
+        self._spool.append([line])
 
     def hurry(self, grace_s: float) -> None:
         self._deadline = min(self._deadline, time.monotonic() + grace_s)
 
+    def _back_off(self) -> None:
+        """A delivery failed: the receiver is not tried again before the current delay has passed, and the delay
+        doubles."""
+        self._next_try = time.monotonic() + self._delay
+        self._delay = min(self._delay * 2, self.backoff_max_s)
+
+    def _report(self) -> None:
+        """At close: say how many events wait in the spool for the next run."""
+        waiting = self._spool.count()
+        if waiting:
+            log.warning("%s %s: %d undelivered events kept in %s; they are sent first on the next run",
+                        self.kind, self.where, waiting, self.spool)
+
+    def loss(self) -> SinkLoss | None:
+        if not self._spool.dropped:
+            return None
+        return SinkLoss(self._spool.dropped, f"{self.where} nor spooled to {self.spool}",
+                        self._spool.error or "unknown error", verb="neither delivered to")
+
+
+class WebhookSink(SpoolingSink):
+    """HTTP POST per event from a writer thread, with retries, a bounded queue and a :class:`Spool`."""
+
+    kind = "webhook"
+
+    def __init__(self, url: str, spool: str | Path, *, timeout_s: float = 5.0, retries: int = 3,
+                 backoff_s: float = 0.5, backoff_max_s: float = 30.0, queue_size: int = 1000,
+                 close_timeout_s: float = 10.0, memory_events: int = MEMORY_BACKLOG,
+                 types: Iterable[str] | None = None):
+        super().__init__(spool, backoff_s=backoff_s, backoff_max_s=backoff_max_s, queue_size=queue_size,
+                         close_timeout_s=close_timeout_s, memory_events=memory_events, types=types)
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"webhook URL must start with http:// or https://, got {url!r}")
+        self.url = url
+        self.timeout_s, self.retries = timeout_s, max(1, retries)
+        self._abort = threading.Event()  # close ran out of time: spool what is left without trying
+        self._handover = threading.Lock()  # who spools the event in flight: the writer, or close() if stuck
+        self._in_flight: bytes | None = None
+        self._abandoned = False  # close() gave up on the writer thread and took over its event
+        self._thread = threading.Thread(target=self._run, name="ecm-edge-webhook", daemon=True)
+        self._thread.start()
+
+    @property
+    def where(self) -> str:
+        return self.url
+
+    # -- the caller's side ------------------------------------------------------------------------------------
     def close(self, timeout_s: float | None = None) -> None:
         """Deliver what is queued within ``timeout_s`` (default ``close_timeout_s``), spool the rest, stop."""
         if self._closing.is_set():
@@ -763,22 +817,6 @@ class WebhookSink(Sink):
             if self._in_flight is not None:
                 self._spool.append([self._in_flight])
                 self._in_flight = None
-
-    def _report(self) -> None:
-        waiting = self._spool.count()
-        if waiting:
-            log.warning("webhook %s: %d undelivered events kept in %s; they are sent first on the next run",
-                        self.url, waiting, self.spool)
-
-    def loss(self) -> SinkLoss | None:
-        if not self._spool.dropped:
-            return None
-        return SinkLoss(self._spool.dropped, f"{self.url} nor spooled to {self.spool}",
-                        self._spool.error or "unknown error", verb="neither delivered to")
-
-    def spool_size(self) -> int:
-        """Events waiting in the spool (file and memory)."""
-        return self._spool.count()
 
     # -- the writer thread ------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -816,7 +854,7 @@ class WebhookSink(Sink):
             return _CLOSING_POLL_S
         if not self._spool.pending():
             return None
-        return max(0.01, self._next_probe - time.monotonic())
+        return max(0.01, self._next_try - time.monotonic())
 
     def _deliver(self, line: bytes) -> None:
         if self._abort.is_set() or not self._resend_spool():
@@ -833,7 +871,7 @@ class WebhookSink(Sink):
             self.delivered += 1
         else:
             self._spool.append([line])
-            self._mark_down()
+            self._back_off()
 
     def _post_with_retries(self, line: bytes, attempts: int) -> bool:
         delay = self.backoff_s
@@ -856,12 +894,12 @@ class WebhookSink(Sink):
         """Re-send spooled events oldest first; True when nothing waits afterwards."""
         if not self._spool.pending():
             return True
-        if self._abort.is_set() or time.monotonic() < self._next_probe:
+        if self._abort.is_set() or time.monotonic() < self._next_try:
             return False
         sent, empty = self._spool.resend(self._post_once)
         self.delivered += sent
         if not empty:
-            self._mark_down()
+            self._back_off()
             return False
         if sent:
             log.info("webhook %s is back: re-sent %d spooled events", self.url, sent)
@@ -871,15 +909,11 @@ class WebhookSink(Sink):
     def _last_resend(self) -> None:
         """Closing: one more try for the spooled events, without waiting for the next probe (a receiver that
         failed a moment ago may be back; one that is down costs one refused connection)."""
-        self._next_probe = 0.0
+        self._next_try = 0.0
         self._resend_spool()
 
     def _post_once(self, line: bytes) -> bool:
         return not self._abort.is_set() and not self._abandoned and self._post(line) is None
-
-    def _mark_down(self) -> None:
-        self._next_probe = time.monotonic() + self._delay
-        self._delay = min(self._delay * 2, self.backoff_max_s)
 
     def _post(self, line: bytes) -> str | None:
         """POST one event; None on a 2xx answer, else what went wrong."""

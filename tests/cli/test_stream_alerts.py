@@ -4,19 +4,10 @@ every detection; sinks choose their event types. A real broker (amqtt) on 127.0.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 from mqtt_broker import AVAILABILITY, PREFIX, LocalBroker, wait_for
-from stream_helpers import D
-
-KEEP_ALL = ["--set", "post.class_threshold=0.0"]  # random weights: flat video scores, keep every class
-
-
-def run_stream(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ecm_edge", "stream", *args], capture_output=True, text=True,
-                          timeout=timeout)
+from stream_helpers import KEEP_ALL, D, run_stream
 
 
 def test_alerts_of_every_source_go_to_mqtt_and_every_detection_to_the_file(stream_run, stream_features, tmp_path):

@@ -15,21 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mjpeg_server import MjpegServer
-from stream_helpers import D, assert_same_events
+from stream_helpers import KEEP_ALL, STREAM_COMMAND, D, assert_same_events, events_of, run_stream, write_video
 
 from ecm_edge.runtime.localizer import Localizer
 from ecm_edge.runtime.source_specs import url_id
-
-KEEP_ALL = ["--set", "post.class_threshold=0.0"]  # random weights: flat video scores, keep every class
-
-
-def run_stream(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ecm_edge", "stream", *args], capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def events_of(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def without_wall_clock(events: list[dict]) -> list[dict]:
@@ -72,21 +61,6 @@ def replayed_in_process(run: Path, features: Path) -> list[dict]:
     return [{**event, "source": features.stem} for event in expected]
 
 
-def write_video(path: Path, seconds: float, fps: float = 25.0) -> Path:
-    """A video with a red square that moves during the middle third, written by OpenCV."""
-    cv2 = pytest.importorskip("cv2")
-    frames = int(seconds * fps)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (64, 48))
-    assert writer.isOpened()
-    for i in range(frames):
-        image = np.full((48, 64, 3), 40, np.uint8)
-        x = 5 + (i % 40) if frames // 3 <= i < 2 * frames // 3 else 5
-        image[10:26, x:x + 16] = (0, 0, 230)
-        writer.write(image)
-    writer.release()
-    return path
-
-
 def test_video_file_through_the_tiny_extractor(stream_run, tmp_path):
     video = write_video(tmp_path / "clip.avi", seconds=8.0)  # 200 frames = 12 whole snippets
     done = run_stream("--video", str(video), "--artifacts", str(stream_run), "--extractor", "tiny", "--no-realtime",
@@ -116,7 +90,7 @@ def test_ctrl_c_flushes_open_segments_and_exits_0(stream_run, tmp_path):
     features = np.random.default_rng(2).normal(size=(5000, D)).astype(np.float32)
     np.save(tmp_path / "long.npy", features)
     # 10 ms snippets in real time: a 50 s replay, interrupted after the first events
-    process = subprocess.Popen([sys.executable, "-m", "ecm_edge", "stream", "--features", str(tmp_path / "long.npy"),
+    process = subprocess.Popen([*STREAM_COMMAND, "--features", str(tmp_path / "long.npy"),
                                 "--artifacts", str(stream_run), "--set", "data.feature_fps=1600", *KEEP_ALL],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = process.stdout.readline()
@@ -174,7 +148,7 @@ def test_webhook_receiver_down_spools_every_event(stream_run, stream_features, t
 
 @pytest.mark.skipif(os.name != "posix", reason="uses a POSIX pipe")
 def test_reader_leaving_the_pipe_ends_the_stream_quietly(stream_run, stream_features):
-    stream = subprocess.Popen([sys.executable, "-m", "ecm_edge", "stream", "--features", str(stream_features),
+    stream = subprocess.Popen([*STREAM_COMMAND, "--features", str(stream_features),
                                "--artifacts", str(stream_run), "--no-realtime", *KEEP_ALL],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert stream.stdout.readline()
@@ -189,7 +163,7 @@ def test_live_url_cut_mid_way_reconnects_and_reports_it(stream_run):
     fast = ["--set", "stream.read_timeout_s=0.5", "--set", "stream.reconnect_initial_s=0.1",
             "--set", "stream.reconnect_max_s=0.3", "--set", "stream.open_timeout_s=2.0",
             "--set", "stream.stats_every_s=0.2"]
-    process = subprocess.Popen([sys.executable, "-m", "ecm_edge", "stream", "--url", server.url,
+    process = subprocess.Popen([*STREAM_COMMAND, "--url", server.url,
                                 "--artifacts", str(stream_run), *fast, *KEEP_ALL],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()

@@ -3,23 +3,8 @@ settings, --keep-going, and the one-line errors and exit codes of bad source lis
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import numpy as np
-from stream_helpers import D, write_video
-
-KEEP_ALL = ["--set", "post.class_threshold=0.0"]  # random weights: flat video scores, keep every class
-
-
-def run_stream(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ecm_edge", "stream", *args], capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def events_of(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+from stream_helpers import KEEP_ALL, D, events_of, run_stream, write_video
 
 
 def segments_by_source(events: list[dict]) -> dict[str, list[tuple]]:
