@@ -7,14 +7,14 @@ this module parses the options, shows progress and prints the table.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
 from ecm_edge.cli.main import info
-from ecm_edge.cli.options import config_options
+from ecm_edge.cli.options import config_options, progress_factory
 
 PERCENT = 100.0
 
@@ -71,21 +71,6 @@ def run_calibration(checkpoint: Path, data_dir: Path, *, target: float | None = 
                          progress=progress_factory(show))
 
 
-def progress_factory(show: bool) -> Callable[[int, str], Callable[[int], None]]:
-    """``(total, description) -> advance(n)`` on a tqdm bar (hidden unless ``show``)."""
-    from tqdm import tqdm
-
-    def make(total: int, description: str) -> Callable[[int], None]:
-        bar = tqdm(total=total, desc=description, unit="video", disable=not show, leave=False)
-
-        def advance(n: int) -> None:
-            bar.update(n)
-            if bar.n >= total:
-                bar.close()
-
-        return advance
-
-    return make
 
 
 def format_points_table(points: Any) -> str:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from ecm_edge.cli.options import progress_factory
+
 
 @click.command()
 @click.option("--checkpoint", type=click.Path(path_type=Path), metavar="RUN|FILE", default=None,
@@ -70,7 +72,7 @@ def export(checkpoint: Path | None, precision: str, calib_data: Path | None, cal
                             calib_cache=calib_cache, opset=opset, engine=engine, validate=validate_data,
                             overrides=overrides, triton=triton_dir, triton_head=triton_head)
     show = sys.stderr.isatty() if progress is None else progress
-    result = run_export(request, on_step=print_step, progress=_progress_factory(show))
+    result = run_export(request, on_step=print_step, progress=progress_factory(show))
     if result.engine_message:
         click.echo(result.engine_message)
     if result.validation is not None:
@@ -89,20 +91,6 @@ def print_step(step) -> None:
     click.echo(f"{step.what:<44} {step.path}  {size}  {step.seconds:6.1f} s")
 
 
-def _progress_factory(show: bool):
-    from tqdm import tqdm
-
-    def make(total: int, description: str):
-        bar = tqdm(total=total, desc=description, unit="video", disable=not show, leave=False)
-
-        def advance(n: int) -> None:
-            bar.update(n)
-            if bar.n >= total:
-                bar.close()
-
-        return advance
-
-    return make
 
 
 def _export_backbone(name: str, weights: Path | None, out_dir: Path | None, opset: int) -> None:

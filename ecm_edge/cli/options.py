@@ -53,3 +53,19 @@ class HiddenAliasOption(click.Option):
 def renamed_option(new: str, old: str, name: str, **attrs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``click.option(new, ...)`` that also accepts the option's former spelling ``old`` as a hidden alias."""
     return click.option(new, old, name, cls=HiddenAliasOption, hidden_aliases=(old,), **attrs)
+
+def progress_factory(show: bool) -> Callable[[int, str], Callable[[int], None]]:
+    """``(total, description) -> advance(n)`` on a tqdm bar (hidden unless ``show``)."""
+    from tqdm import tqdm
+
+    def make(total: int, description: str) -> Callable[[int], None]:
+        bar = tqdm(total=total, desc=description, unit="video", disable=not show, leave=False)
+
+        def advance(n: int) -> None:
+            bar.update(n)
+            if bar.n >= total:
+                bar.close()
+
+        return advance
+
+    return make

@@ -49,7 +49,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,7 @@ from ecm_edge.runtime.engines import PrecisionChoice
 from ecm_edge.runtime.head import SlotHead
 from ecm_edge.runtime.online import OnlineParams
 from ecm_edge.runtime.resample import ColumnPlan, ColumnResampler, columns_per_snippet
-from ecm_edge.runtime.sinks import CallbackSink, EventDispatcher, Sink
+from ecm_edge.runtime.sinks import EventDispatcher, EventHub, Sink
 from ecm_edge.runtime.snippets import Snippet, snippet_times
 
 log = logging.getLogger("ecm_edge")
@@ -168,7 +168,7 @@ class _ProcessStats:
                                       max((s.stats.lag_s for s in streams), default=0.0), float(p50), float(p99))
 
 
-class StreamEngine:
+class StreamEngine(EventHub):
     """N streams by source id: one batched head, slot-array causal post-processing, one set of sinks."""
 
     def __init__(self, head: SlotHead, class_names: Sequence[str], config: Config, *, extractor: Any = None,
@@ -295,19 +295,6 @@ class StreamEngine:
         with self._queue_lock:
             self._stream(source_id).stats.dropped_frames = int(count)
 
-    # -- sinks ------------------------------------------------------------------------------------------------
-    def on_event(self, callback: Callable[[ev.Event], Any]) -> Callable[[ev.Event], Any]:
-        """Call ``callback(event)`` for every event (from the writer thread); usable as a decorator."""
-        self.dispatcher.add(CallbackSink(callback))
-        return callback
-
-    def add_sink(self, sink: Sink) -> Sink:
-        return self.dispatcher.add(sink)
-
-    def emit(self, event: ev.Event) -> None:
-        """Publish an event from outside the pipeline (a source's ``source_lost`` / ``source_restored``)."""
-        self.dispatcher.publish([event])
-
     # -- input ------------------------------------------------------------------------------------------------
     def push(self, source_id: str, features: np.ndarray, start_time: float | None = None,
              end_times: Sequence[float] | None = None) -> int:
@@ -377,17 +364,7 @@ class StreamEngine:
         return min(room, len(items))
 
     def _checked_features(self, source_id: str, features: np.ndarray) -> np.ndarray:
-        """A float32 copy ``[n, D]`` (the caller may reuse its buffer while the snippets wait); a wrong shape or
-        non-finite values are an error that names the source."""
-        features = np.array(features, np.float32)
-        if features.ndim == 1:
-            features = features[None]
-        if features.ndim != 2 or features.shape[1] != self.feature_dim:
-            raise DataError(f"source {source_id!r}: features must be [n, {self.feature_dim}] (snippets × the "
-                            f"model's feature dim), got {list(features.shape)}; check that source's extractor")
-        if not np.isfinite(features).all():
-            raise DataError(f"source {source_id!r}: features contain NaN or Inf; check that source's extractor")
-        return features
+        return checked_features(source_id, features, self.feature_dim)
 
     def _snippet_times(self, stream: _Stream, n: int, start_time: float | None,
                        end_times: Sequence[float] | None) -> tuple[list[float], list[float]]:
@@ -686,6 +663,20 @@ class StreamEngine:
     def _check_open(self) -> None:
         if self._closed:
             raise EcmEdgeError("this StreamEngine is closed; create a new one")
+
+
+def checked_features(source_id: str, features: np.ndarray, feature_dim: int) -> np.ndarray:
+    """A float32 copy ``[n, D]`` of a source's snippet features (the caller may reuse its buffer while the snippets
+    wait); a wrong shape or non-finite values are an error that names the source."""
+    features = np.array(features, np.float32)
+    if features.ndim == 1:
+        features = features[None]
+    if features.ndim != 2 or features.shape[1] != feature_dim:
+        raise DataError(f"source {source_id!r}: features must be [n, {feature_dim}] (snippets × the model's "
+                        f"feature dim), got {list(features.shape)}; check that source's extractor")
+    if not np.isfinite(features).all():
+        raise DataError(f"source {source_id!r}: features contain NaN or Inf; check that source's extractor")
+    return features
 
 
 def _unused_id(base: str, taken: set[str]) -> str:

@@ -1044,3 +1044,22 @@ class EventDispatcher:
 def _describe_sink(sink: Sink) -> str:
     where = getattr(sink, "where", None) or getattr(sink, "url", None)
     return f"{type(sink).__name__} {where}" if where else type(sink).__name__
+
+
+class EventHub:
+    """The event side of a stream front end (the engine, the Triton client): sinks, callbacks and outside events,
+    all through one :class:`EventDispatcher` (``self.dispatcher``)."""
+
+    dispatcher: EventDispatcher
+
+    def on_event(self, callback: Callable[[Event], Any]) -> Callable[[Event], Any]:
+        """Call ``callback(event)`` for every event (from the writer thread); usable as a decorator."""
+        self.dispatcher.add(CallbackSink(callback))
+        return callback
+
+    def add_sink(self, sink: Sink) -> Sink:
+        return self.dispatcher.add(sink)
+
+    def emit(self, event: Event) -> None:
+        """Publish an event from outside the pipeline (a source's ``source_lost`` / ``source_restored``)."""
+        self.dispatcher.publish([event])

@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,11 +34,11 @@ from urllib.parse import urlparse
 import numpy as np
 
 from ecm_edge.config import Config, apply_overrides, load_config
-from ecm_edge.errors import ConfigError, DataError, EcmEdgeError, import_optional
+from ecm_edge.errors import ConfigError, EcmEdgeError, import_optional
 from ecm_edge.runtime import events as ev
 from ecm_edge.runtime.artifacts import make_extractor
-from ecm_edge.runtime.engine import SourceStats
-from ecm_edge.runtime.sinks import CallbackSink, EventDispatcher, Sink
+from ecm_edge.runtime.engine import SourceStats, checked_features
+from ecm_edge.runtime.sinks import EventDispatcher, EventHub, Sink
 from ecm_edge.runtime.snippets import snippet_times
 from ecm_edge.runtime.sources import ReconnectPolicy
 from ecm_edge.triton_repository import (
@@ -93,7 +93,7 @@ class _Remote:
     retry_at: float = 0.0
 
 
-class TritonStreamEngine:
+class TritonStreamEngine(EventHub):
     """Streams served by a Triton server's ``ecm_stream`` model (module doc); the engine interface of feeds."""
 
     engine = "triton"
@@ -174,28 +174,11 @@ class TritonStreamEngine:
         with self._lock:
             self._stream(source_id).stats.dropped_frames = int(count)
 
-    # -- sinks ------------------------------------------------------------------------------------------------
-    def on_event(self, callback: Callable[[ev.Event], Any]) -> Callable[[ev.Event], Any]:
-        self.dispatcher.add(CallbackSink(callback))
-        return callback
-
-    def add_sink(self, sink: Sink) -> Sink:
-        return self.dispatcher.add(sink)
-
-    def emit(self, event: ev.Event) -> None:
-        self.dispatcher.publish([event])
-
     # -- input ------------------------------------------------------------------------------------------------
     def push(self, source_id: str, features: np.ndarray, start_time: float | None = None,
              end_times: Sequence[float] | None = None) -> int:
         """Queue snippet features ``[n, D]`` for the next tick (as ``StreamEngine.push``); returns how many fit."""
-        features = np.array(features, np.float32)
-        features = features[None] if features.ndim == 1 else features
-        if features.ndim != 2 or features.shape[1] != self.feature_dim:
-            raise DataError(f"source {source_id!r}: features must be [n, {self.feature_dim}] (the served model's "
-                            f"feature dim), got {list(features.shape)}")
-        if not np.isfinite(features).all():
-            raise DataError(f"source {source_id!r}: features contain NaN or Inf; check that source's extractor")
+        features = checked_features(source_id, features, self.feature_dim)
         with self._lock:
             stream = self._stream(source_id)
             starts, ends = snippet_times(stream.clock, len(features), self.config.data.snippet_seconds, start_time,
