@@ -380,8 +380,8 @@ def operating_points_table(calibrate: dict[str, Any]) -> list[str]:
     """Each class's operating point and what it gave on the test videos, then the overall figures."""
     lines = [f"### Alerts: operating points for a precision of {calibrate['target_precision']:.0%} (chosen on the "
              f"{calibrate['split']} videos, tIoU {calibrate['tiou']})", "",
-             "| class | operating point | own point | held-out instances | test alerts | test precision | "
-             "test recall |", "|---|---|---|---|---|---|---|"]
+             f"| class | operating point | own point | instances ({calibrate['split']} videos) | test alerts | "
+             "test precision | test recall |", "|---|---|---|---|---|---|---|"]
     for label, point in calibrate["classes"].items():
         test = point["test"]
         lines.append(f"| {label} | {point['min_score']:.3f} | {'yes' if point['calibrated'] else 'no (global)'} | "
