@@ -77,13 +77,13 @@ def find_server() -> ServerBinary:
         return ServerBinary(Path(on_path), CONTAINER_BACKENDS if CONTAINER_BACKENDS.is_dir() else None)
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(f"no Triton server found: tritonserver is not on PATH and nvidia-pytriton is "
-                                     f"not installed; {INSTALL_HINT}")
+        raise MissingDependencyError("a Triton server (tritonserver on PATH, or the nvidia-pytriton wheel)",
+                                     "ecm-edge serve", INSTALL_HINT)
     package = Path(next(iter(spec.submodule_search_locations)))
     binary = package / "tritonserver" / "bin" / "tritonserver"
     if not binary.is_file():
-        raise MissingDependencyError(f"the nvidia-pytriton installed in {package} has no server binary; reinstall "
-                                     f"it: {INSTALL_HINT}")
+        raise MissingDependencyError(f"the Triton server binary (the nvidia-pytriton in {package} has none)",
+                                     "ecm-edge serve", f"reinstall it: {INSTALL_HINT}")
     return ServerBinary(binary, None, package, package.parent / "nvidia_pytriton.libs")
 
 

@@ -18,6 +18,7 @@ PARTS: dict[str, tuple[str, str]] = {
     "postprocess": ("ecm_edge.bench.postprocess", "run"),
     "stream": ("ecm_edge.bench.stream", "run"),
     "streams": ("ecm_edge.bench.streams", "run"),
+    "triton": ("ecm_edge.bench.triton", "run"),
     "extractors": ("ecm_edge.bench.extractors", "run"),
     "score_sources": ("ecm_edge.bench.score_sources", "run"),
 }

@@ -50,3 +50,15 @@ def test_foreign_repository_is_refused_before_start(repository):
     (check_repository_without_foreign / STREAM_MODEL / "1" / "model.py").write_text("# changed\n")
     with pytest.raises(CheckpointError, match="changed since the export"):
         check_repository(check_repository_without_foreign)
+
+
+def test_no_server_anywhere_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    from ecm_edge import serving
+    from ecm_edge.errors import MissingDependencyError
+
+    monkeypatch.setattr(serving.shutil, "which", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(MissingDependencyError, match=r"needed for ecm-edge serve .*pip install 'ecm-edge\[serve\]'"):
+        serving.find_server()
