@@ -47,6 +47,9 @@ HEAD_MAX_BATCH = 64  # windows per call of the head platform models (dynamic bat
 HEAD_QUEUE_DELAY_US = 500  # how long dynamic batching may hold a window to fill a batch
 STREAM_MAX_BATCH = 64  # requests (one per sequence) handed to one execute() of ecm_stream
 MAX_SEQUENCES = 1024  # sequences ecm_stream holds at once (oldest strategy candidates)
+# how long the sequence batcher may hold a step to gather other cameras' steps into one execute(): every camera
+# sends one step per tick at about the same time, and one execute() for all of them runs the head once
+STREAM_QUEUE_DELAY_US = 2000
 SEQUENCE_IDLE_US = 60_000_000  # a sequence silent this long loses its slot (a camera that went away)
 INSTANCES = 1  # model instances per model; ecm_stream's sequences stay with the instance that started them
 
@@ -173,7 +176,7 @@ def stream_config(feature_dim: int, head: str, manifest: Manifest) -> str:
             f'  {{ name: "{END_TIMES_INPUT}" data_type: TYPE_FP64 dims: [ -1 ] optional: true }}\n]\n'
             f'output [\n  {{ name: "{EVENTS_OUTPUT}" data_type: TYPE_STRING dims: [ 1 ] }}\n]\n'
             f"sequence_batching {{\n  max_sequence_idle_microseconds: {SEQUENCE_IDLE_US}\n"
-            f"  oldest {{ max_candidate_sequences: {MAX_SEQUENCES} max_queue_delay_microseconds: 0 }}\n"
+            f"  oldest {{ max_candidate_sequences: {MAX_SEQUENCES} max_queue_delay_microseconds: {STREAM_QUEUE_DELAY_US} }}\n"
             f"  control_input [\n{controls}\n  ]\n}}\n"
             f"instance_group [ {{ kind: KIND_CPU count: {INSTANCES} }} ]\n"
             f"parameters [\n{parameters.rstrip(',')}\n]\n")

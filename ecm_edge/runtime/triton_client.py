@@ -52,7 +52,7 @@ from ecm_edge.triton_repository import (
 log = logging.getLogger("ecm_edge")
 
 PROTOCOLS = {"http": "tritonclient.http", "grpc": "tritonclient.grpc"}
-WORKERS = 16  # requests in flight at once (one per source and tick)
+WORKERS = 64  # requests in flight at once (one per source and tick): as many as the server batches per step
 REQUEST_TIMEOUT_S = 30.0  # a request the server has not answered by then counts as a lost server
 RESTART_MARKERS = ("must specify the START flag", "is not held by this server")  # the server lost the sequence
 INVALID_MARKERS = ("[400]", "INVALID_ARGUMENT")  # the server refused the request itself: trying again won't help
