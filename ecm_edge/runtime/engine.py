@@ -75,7 +75,7 @@ from ecm_edge.runtime.head import SlotHead
 from ecm_edge.runtime.online import OnlineParams
 from ecm_edge.runtime.resample import ColumnPlan, ColumnResampler, columns_per_snippet
 from ecm_edge.runtime.sinks import EventDispatcher, EventHub, Sink
-from ecm_edge.runtime.snippets import Snippet, snippet_times
+from ecm_edge.runtime.snippets import QueuedSnippet, SourceIntake, extract_queued
 
 log = logging.getLogger("ecm_edge")
 
@@ -100,19 +100,9 @@ class SourceStats:
 
 
 @dataclass
-class _Queued:
-    """A snippet waiting for a tick: its features (or, for frames, the assembled snippet) and times."""
-
-    features: np.ndarray | None  # [D]; None until a frame snippet is extracted
-    start: float
-    end: float
-    pushed_at: float  # time.monotonic() of the push
-    clip: Snippet | None = None
-
-
-@dataclass
-class _Stream:
-    """One source's state outside the head and the post-processor: queue, resampler, clocks, counters."""
+class _Stream(SourceIntake):
+    """One source's state outside the head and the post-processor: its intake (queue, clock, frame assembly),
+    resampler, alert policy, counters."""
 
     source: str
     slot: int
@@ -120,13 +110,8 @@ class _Stream:
     post: SlotPostProcessor
     config: Config
     alerts: AlertPolicy
-    queue: deque[_Queued] = field(default_factory=deque)
     pending_times: deque[tuple[float, float]] = field(default_factory=deque)  # columns whose CAS is not final
     last_end: float | None = None  # source time where the newest processed snippet ends (None: a fresh stream)
-    clock: float = 0.0  # where the next snippet starts when the caller gives no time
-    assembler: Any = None  # frames → snippets, made on the first push_frames
-    frame_index: int = 0
-    frame_lock: threading.Lock = field(default_factory=threading.Lock)
     steps: ev.StepStats = field(default_factory=ev.StepStats)
     frames_pushed: int = 0  # frames since the last tick took them (for the stats' input rate)
     stats: SourceStats = field(init=False)
@@ -312,8 +297,9 @@ class StreamEngine(EventHub):
             starts, ends = self._snippet_times(stream, len(features), start_time, end_times)
             stream.frames_pushed += len(features) * self.config.data.snippet_frames
             now = time.monotonic()
-            return self._enqueue(stream, [_Queued(x, s, e, now) for x, s, e in zip(features, starts, ends,
-                                                                                    strict=True)])
+            return stream.enqueue([QueuedSnippet(x, s, e, now) for x, s, e in zip(features, starts, ends,
+                                                                                  strict=True)],
+                                  self.queue_limit, stream.stats)
 
     def push_frames(self, source_id: str, frames: Sequence[np.ndarray] | np.ndarray,
                     timestamps: Sequence[float]) -> int:
@@ -323,20 +309,14 @@ class StreamEngine(EventHub):
         if len(frames) != len(timestamps):
             raise DataError(f"source {source_id!r}: push_frames got {len(frames)} frames but {len(timestamps)} "
                             "timestamps")
-        from ecm_edge.runtime.sources import Frame
-
         stream = self._stream(source_id)
-        with stream.frame_lock:
-            assembler = self._assembler(stream)
-            clips: list[Snippet] = []
-            for image, stamp in zip(frames, timestamps, strict=True):
-                clips += assembler.push(Frame(np.asarray(image), float(stamp), stream.frame_index))
-                stream.frame_index += 1
+        clips = stream.assemble(frames, timestamps, self._new_assembler)
         with self._queue_lock:
             self._check_open()
             stream.frames_pushed += len(frames)
             now = time.monotonic()
-            return self._enqueue(stream, [_Queued(None, c.start_time, c.end_time, now, c) for c in clips])
+            return stream.enqueue([QueuedSnippet(None, c.start_time, c.end_time, now, c) for c in clips],
+                                  self.queue_limit, stream.stats)
 
     def process(self, source_id: str, features: np.ndarray | None = None, start_time: float | None = None,
                 end_times: Sequence[float] | None = None) -> list[ev.Event]:
@@ -350,18 +330,10 @@ class StreamEngine(EventHub):
                     starts, ends = self._snippet_times(stream, len(features), start_time, end_times)
                     stream.frames_pushed += len(features) * self.config.data.snippet_frames
                     now = time.monotonic()
-                    stream.queue.extend(_Queued(x, s, e, now) for x, s, e in zip(features, starts, ends,
+                    stream.queue.extend(QueuedSnippet(x, s, e, now) for x, s, e in zip(features, starts, ends,
                                                                                 strict=True))
                     stream.stats.received += len(features)
             return self._tick([self._stream(source_id)])
-
-    def _enqueue(self, stream: _Stream, items: list[_Queued]) -> int:
-        """Append to the stream's bounded queue (caller holds the queue lock); count what did not fit."""
-        room = max(0, self.queue_limit - len(stream.queue))
-        stream.queue.extend(items[:room])
-        stream.stats.received += len(items)
-        stream.stats.dropped += max(0, len(items) - room)
-        return min(room, len(items))
 
     def _checked_features(self, source_id: str, features: np.ndarray) -> np.ndarray:
         return checked_features(source_id, features, self.feature_dim)
@@ -369,11 +341,7 @@ class StreamEngine(EventHub):
     def _snippet_times(self, stream: _Stream, n: int, start_time: float | None,
                        end_times: Sequence[float] | None) -> tuple[list[float], list[float]]:
         """Each snippet's source start and end (``snippet_times``' rule); advances the source's clock."""
-        starts, ends = snippet_times(stream.clock, n, self.snippet_seconds, start_time, end_times,
-                                     where=f"source {stream.source!r}: push")
-        if n:
-            stream.clock = ends[-1]
-        return starts, ends
+        return stream.next_times(n, self.snippet_seconds, start_time, end_times, where=f"source {stream.source!r}: push")
 
     # -- ticks ------------------------------------------------------------------------------------------------
     def step(self) -> list[ev.Event]:
@@ -389,9 +357,7 @@ class StreamEngine(EventHub):
         with self._step_lock:
             self._check_open()
             stream = self._stream(source_id)
-            with stream.frame_lock:
-                if stream.assembler is not None:
-                    stream.assembler.flush(pad=False)
+            stream.drop_partial_snippet()
             events = self._tick([stream], stats=False)
             ended = self._end_streams([stream])[0]
             self.dispatcher.publish(ended)
@@ -470,13 +436,7 @@ class StreamEngine(EventHub):
 
     def _extract_clips(self, streams: list[_Stream]) -> None:
         """Features of every queued frame snippet of ``streams``, all in one call of the extractor."""
-        with self._queue_lock:
-            waiting = [item for stream in streams for item in stream.queue if item.features is None]
-        if not waiting:
-            return
-        features = np.asarray(self._frame_extractor().extract([item.clip for item in waiting]), np.float32)
-        for item, row in zip(waiting, features, strict=True):
-            item.features, item.clip = row, None
+        extract_queued(streams, self._frame_extractor, self._queue_lock)
 
     def _take_batches(self, streams: list[_Stream]) -> list[_Batch]:
         """Pop each stream's queued snippets up to (not including) the first one after a source gap."""
@@ -633,12 +593,10 @@ class StreamEngine(EventHub):
         weights = getattr(self.head, "weights", None)
         return weights is None or weights.transition_weight is not None
 
-    def _assembler(self, stream: _Stream) -> Any:
-        if stream.assembler is None:
-            from ecm_edge.runtime.extractors import assembler_for
+    def _new_assembler(self) -> Any:
+        from ecm_edge.runtime.extractors import assembler_for
 
-            stream.assembler = assembler_for(self._frame_extractor(), self.config.data, self.config.stream)
-        return stream.assembler
+        return assembler_for(self._frame_extractor(), self.config.data, self.config.stream)
 
     def _frame_extractor(self) -> Any:
         if self._extractor is None:

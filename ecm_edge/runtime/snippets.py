@@ -12,13 +12,19 @@ frame, while snippet indices keep counting.
 
 An optional ``transform`` (the feature extractor's per-frame preparation, e.g. resize and crop) is applied once
 per source frame that fills a slot, so full-resolution frames are never held sixteen at a time.
+
+:class:`SourceIntake` is what a stream front end keeps of one source before a tick (its bounded snippet queue,
+its clock, its assembler); :func:`extract_queued` extracts the queued frame snippets of many sources in one call.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -164,3 +170,83 @@ class SnippetAssembler:
         self._next_slot = 0
         self._slots: list[np.ndarray] = []
         self._previous: _HeldFrame | None = None
+
+
+# -- a source's snippets between ticks --------------------------------------------------------------------------
+@dataclass
+class QueuedSnippet:
+    """A snippet waiting for a tick: its features (or, for frames, the assembled snippet) and source times."""
+
+    features: np.ndarray | None  # [D]; None until a frame snippet is extracted
+    start: float
+    end: float
+    pushed_at: float = 0.0  # time.monotonic() of the push
+    clip: Snippet | None = None
+
+
+class Counts(Protocol):
+    """What a source's counters keep of its pushes."""
+
+    received: int
+    dropped: int
+
+
+@dataclass(kw_only=True)
+class SourceIntake:
+    """What a stream front end (the engine, the Triton client) keeps of one source before a tick: the bounded
+    queue of its snippets, the clock its feature pushes continue from, and the assembly of its frames into
+    snippets (under the source's own lock, so sources push from their own threads)."""
+
+    queue: deque[QueuedSnippet] = field(default_factory=deque)
+    clock: float = 0.0  # where the next snippet starts when the caller gives no time
+    assembler: Any = None  # frames → snippets, made on the first frames
+    frame_index: int = 0
+    frame_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def next_times(self, n: int, snippet_seconds: float, start_time: float | None,
+                   end_times: Sequence[float] | None, where: str) -> tuple[list[float], list[float]]:
+        """The times of ``n`` pushed snippets (:func:`snippet_times`); the clock moves to the last one's end."""
+        starts, ends = snippet_times(self.clock, n, snippet_seconds, start_time, end_times, where=where)
+        if n:
+            self.clock = ends[-1]
+        return starts, ends
+
+    def assemble(self, frames: Sequence[np.ndarray] | np.ndarray, timestamps: Sequence[float],
+                 make_assembler: Callable[[], SnippetAssembler]) -> list[Snippet]:
+        """The snippets these frames complete (the assembler made on first use)."""
+        with self.frame_lock:
+            if self.assembler is None:
+                self.assembler = make_assembler()
+            clips: list[Snippet] = []
+            for image, stamp in zip(frames, timestamps, strict=True):
+                clips += self.assembler.push(Frame(np.asarray(image), float(stamp), self.frame_index))
+                self.frame_index += 1
+        return clips
+
+    def drop_partial_snippet(self) -> None:
+        """The end of the source's stream: frames of an unfinished snippet are dropped."""
+        with self.frame_lock:
+            if self.assembler is not None:
+                self.assembler.flush(pad=False)
+
+    def enqueue(self, items: list[QueuedSnippet], limit: int, counts: Counts) -> int:
+        """Append to the bounded queue (the caller holds the front end's queue lock); count what was received and
+        what did not fit. Returns how many were queued."""
+        room = max(0, limit - len(self.queue))
+        self.queue.extend(items[:room])
+        counts.received += len(items)
+        counts.dropped += max(0, len(items) - room)
+        return min(room, len(items))
+
+
+def extract_queued(intakes: Iterable[SourceIntake], extractor: Callable[[], Any], lock: threading.Lock) -> None:
+    """Features of every queued frame snippet of ``intakes``, all in one call of the extractor (``extractor()``
+    gives it, asked only when there is a snippet to extract; ``lock``, the front end's queue lock, is held only
+    while the snippets are gathered)."""
+    with lock:
+        waiting = [item for intake in intakes for item in intake.queue if item.features is None]
+    if not waiting:
+        return
+    features = np.asarray(extractor().extract([item.clip for item in waiting]), np.float32)
+    for item, row in zip(waiting, features, strict=True):
+        item.features, item.clip = row, None

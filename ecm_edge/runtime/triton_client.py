@@ -24,10 +24,10 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
@@ -39,7 +39,7 @@ from ecm_edge.runtime import events as ev
 from ecm_edge.runtime.artifacts import make_extractor
 from ecm_edge.runtime.engine import SourceStats, checked_features
 from ecm_edge.runtime.sinks import EventDispatcher, EventHub, Sink
-from ecm_edge.runtime.snippets import snippet_times
+from ecm_edge.runtime.snippets import QueuedSnippet, SourceIntake, extract_queued
 from ecm_edge.runtime.sources import ReconnectPolicy
 from ecm_edge.triton_repository import (
     END_TIMES_INPUT,
@@ -68,25 +68,12 @@ def parse_triton_url(url: str) -> tuple[str, str]:
 
 
 @dataclass
-class _Item:
-    features: np.ndarray | None  # [D]; None until a frame snippet is extracted
-    start: float
-    end: float
-    clip: Any = None
-
-
-@dataclass
-class _Remote:
-    """One source: its queue, clock, frame assembly, sequence state and counters."""
+class _Remote(SourceIntake):
+    """One source: its intake (queue, clock, frame assembly), sequence state and counters."""
 
     source: str
     sequence: str
     stats: SourceStats
-    queue: deque[_Item] = field(default_factory=deque)
-    clock: float = 0.0
-    assembler: Any = None
-    frame_index: int = 0
-    frame_lock: threading.Lock = field(default_factory=threading.Lock)
     started: bool = False  # the server holds this sequence (a START went through)
     lost_at: float | None = None  # monotonic time the server went away for this source
     attempts: int = 0
@@ -151,9 +138,7 @@ class TritonStreamEngine(EventHub):
         """Send the source's last snippets with END (its open segments close on the server) and forget it."""
         with self._step_lock:
             stream = self._stream(source_id)
-            with stream.frame_lock:
-                if stream.assembler is not None:
-                    stream.assembler.flush(pad=False)
+            stream.drop_partial_snippet()
             events = self._tick([stream], end=True)
             with self._lock:
                 self._ended[source_id] = self._streams.pop(source_id)
@@ -181,36 +166,23 @@ class TritonStreamEngine(EventHub):
         features = checked_features(source_id, features, self.feature_dim)
         with self._lock:
             stream = self._stream(source_id)
-            starts, ends = snippet_times(stream.clock, len(features), self.config.data.snippet_seconds, start_time,
-                                         end_times, where=f"source {source_id!r}: push")
-            if len(features):
-                stream.clock = ends[-1]
-            return self._enqueue(stream, [_Item(x, s, e) for x, s, e in zip(features, starts, ends, strict=True)])
+            starts, ends = stream.next_times(len(features), self.config.data.snippet_seconds, start_time, end_times,
+                                             where=f"source {source_id!r}: push")
+            return stream.enqueue([QueuedSnippet(x, s, e) for x, s, e in zip(features, starts, ends, strict=True)],
+                                  self.queue_limit, stream.stats)
 
     def push_frames(self, source_id: str, frames: Sequence[np.ndarray], timestamps: Sequence[float]) -> int:
         """Frames with their source times: assembled into snippets here, extracted at the next tick."""
         from ecm_edge.runtime.extractors import assembler_for
-        from ecm_edge.runtime.sources import Frame
 
         if self._extractor is None:
             raise ConfigError("frames need a feature extractor (extractor='tiny' or 'i3d')")
         stream = self._stream(source_id)
-        clips = []
-        with stream.frame_lock:
-            if stream.assembler is None:
-                stream.assembler = assembler_for(self._extractor, self.config.data, self.config.stream)
-            for image, stamp in zip(frames, timestamps, strict=True):
-                clips += stream.assembler.push(Frame(np.asarray(image), float(stamp), stream.frame_index))
-                stream.frame_index += 1
+        clips = stream.assemble(frames, timestamps,
+                                lambda: assembler_for(self._extractor, self.config.data, self.config.stream))
         with self._lock:
-            return self._enqueue(stream, [_Item(None, c.start_time, c.end_time, c) for c in clips])
-
-    def _enqueue(self, stream: _Remote, items: list[_Item]) -> int:
-        room = max(0, self.queue_limit - len(stream.queue))
-        stream.queue.extend(items[:room])
-        stream.stats.received += len(items)
-        stream.stats.dropped += max(0, len(items) - room)
-        return min(room, len(items))
+            return stream.enqueue([QueuedSnippet(None, c.start_time, c.end_time, clip=c) for c in clips],
+                                  self.queue_limit, stream.stats)
 
     # -- ticks ------------------------------------------------------------------------------------------------
     def step(self) -> list[ev.Event]:
@@ -256,21 +228,16 @@ class TritonStreamEngine(EventHub):
         return events
 
     def _extract(self, streams: list[_Remote]) -> None:
-        with self._lock:
-            waiting = [item for s in streams for item in s.queue if item.features is None]
-        if waiting:
-            rows = np.asarray(self._extractor.extract([item.clip for item in waiting]), np.float32)
-            for item, row in zip(waiting, rows, strict=True):
-                item.features, item.clip = row, None
+        extract_queued(streams, lambda: self._extractor, self._lock)
 
-    def _take(self, stream: _Remote) -> list[_Item]:
+    def _take(self, stream: _Remote) -> list[QueuedSnippet]:
         with self._lock:
             items = []
             while stream.queue and stream.queue[0].features is not None:
                 items.append(stream.queue.popleft())
             return items
 
-    def _send(self, stream: _Remote, items: list[_Item], end: bool) -> list[dict[str, Any]] | Exception:
+    def _send(self, stream: _Remote, items: list[QueuedSnippet], end: bool) -> list[dict[str, Any]] | Exception:
         """One request of the source's sequence; the events as dicts, or the exception that failed it."""
         module = self._module
         features = np.stack([i.features for i in items])[None] if items else \
@@ -287,7 +254,7 @@ class TritonStreamEngine(EventHub):
         except Exception as exc:  # the client's and the network's errors alike: _settle sorts them
             return exc
 
-    def _settle(self, stream: _Remote, items: list[_Item], outcome: list[dict[str, Any]] | Exception,
+    def _settle(self, stream: _Remote, items: list[QueuedSnippet], outcome: list[dict[str, Any]] | Exception,
                 end: bool) -> list[ev.Event]:
         """Events of a successful request (after a ``source_restored`` if the server had gone), or the failure
         handled: queue the snippets again and back off, start the sequence afresh, or drop a refused request."""
@@ -306,7 +273,7 @@ class TritonStreamEngine(EventHub):
             return []
         return self._lost(stream, items, message)
 
-    def _restart(self, stream: _Remote, items: list[_Item], message: str, end: bool) -> list[ev.Event]:
+    def _restart(self, stream: _Remote, items: list[QueuedSnippet], message: str, end: bool) -> list[ev.Event]:
         """The server answers but no longer holds the sequence (it restarted between two ticks): report it and
         send the snippets again with START, now when the stream ends, else at the next tick."""
         log.warning("source %r: the server no longer holds its sequence (%s); starting it again", stream.source,
@@ -323,7 +290,7 @@ class TritonStreamEngine(EventHub):
         stream.retry_at = 0.0
         return notices
 
-    def _lost(self, stream: _Remote, items: list[_Item], message: str) -> list[ev.Event]:
+    def _lost(self, stream: _Remote, items: list[QueuedSnippet], message: str) -> list[ev.Event]:
         """The server is unreachable for this source: keep its snippets, back off, say so once."""
         self._requeue(stream, items)
         stream.started = False
@@ -348,7 +315,7 @@ class TritonStreamEngine(EventHub):
         stream.lost_at, stream.attempts, stream.retry_at = None, 0, 0.0
         return event
 
-    def _requeue(self, stream: _Remote, items: list[_Item]) -> None:
+    def _requeue(self, stream: _Remote, items: list[QueuedSnippet]) -> None:
         """Put unsent snippets back at the front, within the queue bound (the oldest beyond it are dropped)."""
         with self._lock:
             stream.queue.extendleft(reversed(items))
