@@ -68,18 +68,24 @@ class PythonEnv:
     version: str  # "3.11"
     numpy: str
     ecm_edge: str
+    pytriton: Path | None = None  # the nvidia-pytriton package folder in that environment, if it has one
 
 
-def find_server() -> ServerBinary:
-    """``tritonserver`` from PATH, else the nvidia-pytriton wheel's; a clear error when there is neither."""
+def find_server(python: PythonEnv | None = None) -> ServerBinary:
+    """``tritonserver`` from PATH, else the nvidia-pytriton wheel's in this environment, else the one in the
+    server's Python environment (``python``: a NumPy 1.x environment may hold the wheel that this one, with
+    NumPy 2, cannot); a clear error when there is none."""
     on_path = shutil.which("tritonserver")
     if on_path:
         return ServerBinary(Path(on_path), CONTAINER_BACKENDS if CONTAINER_BACKENDS.is_dir() else None)
     spec = importlib.util.find_spec("pytriton")
-    if spec is None or not spec.submodule_search_locations:
+    if spec is not None and spec.submodule_search_locations:
+        package = Path(next(iter(spec.submodule_search_locations)))
+    elif python is not None and python.pytriton is not None:
+        package = python.pytriton
+    else:
         raise MissingDependencyError("a Triton server (tritonserver on PATH, or the nvidia-pytriton wheel)",
                                      "ecm-edge serve", INSTALL_HINT)
-    package = Path(next(iter(spec.submodule_search_locations)))
     binary = package / "tritonserver" / "bin" / "tritonserver"
     if not binary.is_file():
         raise MissingDependencyError(f"the Triton server binary (the nvidia-pytriton in {package} has none)",
@@ -89,8 +95,10 @@ def find_server() -> ServerBinary:
 
 def inspect_python(executable: str | Path) -> PythonEnv:
     """What ``executable``'s environment offers the Python backend (its version, NumPy, ecm-edge)."""
-    probe = ("import sys, numpy, ecm_edge.version as v; "
-             "print(f'{sys.version_info[0]}.{sys.version_info[1]}', numpy.__version__, v.__version__)")
+    probe = ("import sys, importlib.util, numpy, ecm_edge.version as v; "
+             "s = importlib.util.find_spec('pytriton'); "
+             "p = next(iter(s.submodule_search_locations)) if s and s.submodule_search_locations else ''; "
+             "print(f'{sys.version_info[0]}.{sys.version_info[1]}', numpy.__version__, v.__version__); print(p)")
     try:
         out = subprocess.run([str(executable), "-c", probe], capture_output=True, text=True, timeout=60)
     except OSError as exc:
@@ -100,8 +108,10 @@ def inspect_python(executable: str | Path) -> PythonEnv:
         last = (out.stderr.strip().splitlines() or ["no output"])[-1]
         raise ConfigError(f"the server's Python {executable} cannot import ecm_edge and numpy ({last}); install "
                           "ecm-edge into that environment (the Python backend runs model.py there)")
-    version, numpy_version, ecm_version = out.stdout.split()
-    return PythonEnv(Path(executable), version, numpy_version, ecm_version)
+    versions, _, pytriton = out.stdout.partition("\n")
+    version, numpy_version, ecm_version = versions.split()
+    pytriton = pytriton.strip()
+    return PythonEnv(Path(executable), version, numpy_version, ecm_version, Path(pytriton) if pytriton else None)
 
 
 def check_python(server: ServerBinary, env: PythonEnv) -> None:
@@ -198,8 +208,8 @@ class TritonServer:
 
     def start(self) -> TritonServer:
         """Launch the server (not yet ready: :meth:`wait_ready`)."""
-        self.server = self.server or find_server()
         self.python = self.python or inspect_python(sys.executable)
+        self.server = self.server or find_server(self.python)
         check_python(self.server, self.python)
         self._workdir = Path(tempfile.mkdtemp(prefix="ecm-edge-triton-"))
         backends = self._backends()

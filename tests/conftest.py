@@ -23,14 +23,25 @@ def pytest_configure(config) -> None:
         os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 
+_ECM_LOGGER = logging.getLogger("ecm_edge")
+_PRISTINE_LOGGING = (list(_ECM_LOGGER.handlers), _ECM_LOGGER.level, _ECM_LOGGER.propagate)
+
+
+def _restore_pristine_logging() -> None:
+    handlers, level, propagate = _PRISTINE_LOGGING
+    _ECM_LOGGER.handlers[:] = handlers
+    _ECM_LOGGER.setLevel(level)
+    _ECM_LOGGER.propagate = propagate
+
+
 @pytest.fixture(autouse=True)
 def cli_logging():
-    """The CLI installs its own handler on the ecm_edge logger and stops propagation; every test that runs it
-    in-process would leave caplog blind for the tests after it, so the logger is put back after each test."""
-    logger = logging.getLogger("ecm_edge")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
+    """The CLI installs its own handler on the ecm_edge logger and stops propagation, which leaves caplog blind.
+    A module-scoped fixture that runs the CLI in-process does so before this fixture starts, so the logger is put
+    back to its state at import time both before and after each test, not to whatever the test started with."""
+    _restore_pristine_logging()
     yield
-    logger.handlers[:], logger.level, logger.propagate = saved
+    _restore_pristine_logging()
 
 
 @pytest.fixture

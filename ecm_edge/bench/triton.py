@@ -97,18 +97,18 @@ def preflight() -> tuple[Any, Any]:
     for module, (package, purpose) in NEEDS.items():
         if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
             raise MissingDependencyError(package, purpose)
-    server = _find_server()
     python = inspect_python(server_python())
+    server = _find_server(python)
     check_python(server, python)
     return server, python
 
 
-def _find_server() -> Any:
+def _find_server(python: Any) -> Any:
     """``ecm_edge.serving.find_server``, its failure as one clear error."""
     from ecm_edge.serving import INSTALL_HINT, find_server
 
     try:
-        return find_server()
+        return find_server(python)
     except (EcmEdgeError, TypeError) as exc:
         detail = str(exc) if isinstance(exc, EcmEdgeError) else "tritonserver is not on PATH and nvidia-pytriton " \
             "has no server binary here"

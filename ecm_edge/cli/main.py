@@ -10,6 +10,7 @@ logger at INFO; ``-q`` silences both and keeps warnings and errors.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import sys
@@ -98,6 +99,26 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI, turning user-facing errors into one line and exit code 1."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    with _package_logging_restored():
+        _run_cli(args, debug)
+    sys.exit(0)
+
+
+@contextlib.contextmanager
+def _package_logging_restored():
+    """The CLI owns the ecm_edge logger while it runs; a caller that runs ``main`` in-process (a test, a notebook)
+    gets its own logging set-up back afterwards."""
+    logger = logging.getLogger("ecm_edge")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    try:
+        yield
+    finally:
+        logger.handlers[:], logger.propagate = saved[0], saved[2]
+        logger.setLevel(saved[1])
+
+
+def _run_cli(args: list[str], debug: bool) -> None:
+    """Run the click group, turning each kind of failure into its message and exit code."""
     try:
         cli.main(args=args, prog_name="ecm-edge", standalone_mode=False)
     except click.exceptions.Abort:
@@ -121,4 +142,3 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
         sys.exit(1)
-    sys.exit(0)

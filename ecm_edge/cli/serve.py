@@ -47,7 +47,8 @@ def serve(repository: Path, http_port: int, grpc_port: int, metrics_port: int, p
     models = check_repository(repository)
     ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
     check_ports(ports)
-    server = TritonServer(repository, ports, python=inspect_python(python or sys.executable), server=find_server())
+    env = inspect_python(python or sys.executable)
+    server = TritonServer(repository, ports, python=env, server=find_server(env))
     server.start()
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}

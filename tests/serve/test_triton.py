@@ -17,8 +17,7 @@ from ecm_edge.errors import ConfigError
 from ecm_edge.triton_repository import STREAM_MODEL
 
 pytest.importorskip("torch")
-SERVE_MISSING = ("the Triton client and server are not installed: `pip install 'ecm-edge[serve]'` (kept out of "
-                 "`all`: the server wheel pins NumPy 1.x)")
+SERVE_MISSING = "the Triton client is not installed: `pip install -e '.[dev]'` (or 'ecm-edge[serve]')"
 tritonclient_http = pytest.importorskip("tritonclient.http", reason=SERVE_MISSING)
 pytest.importorskip("tritonclient.grpc", reason=SERVE_MISSING)
 
@@ -36,15 +35,16 @@ DROPPED_KEYS = ("emitted_at", "id", "latency")
 
 
 def _start(repo: Path, cache: Path) -> TritonServer:
-    try:
-        find_server()
-    except Exception as exc:
-        pytest.skip(f"no Triton server here: {exc}")
     python, why = server_python(cache)
     if python is None:
         pytest.skip(why)
+    env = inspect_python(python)
+    try:
+        binary = find_server(env)
+    except Exception as exc:
+        pytest.skip(f"no Triton server here: {exc}")
     http, grpc, metrics = free_ports()
-    server = TritonServer(repo, {"http": http, "grpc": grpc, "metrics": metrics}, python=inspect_python(python))
+    server = TritonServer(repo, {"http": http, "grpc": grpc, "metrics": metrics}, python=env, server=binary)
     server.start()
     try:
         server.wait_ready(90)

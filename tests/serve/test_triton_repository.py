@@ -62,3 +62,21 @@ def test_no_server_anywhere_says_what_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(MissingDependencyError, match=r"needed for ecm-edge serve .*pip install 'ecm-edge\[serve\]'"):
         serving.find_server()
+
+
+def test_the_server_python_environment_can_hold_the_wheel(monkeypatch, tmp_path):
+    """A NumPy 2 environment cannot hold nvidia-pytriton (it pins NumPy 1.x); the server's own Python can."""
+    import importlib.util
+
+    from ecm_edge import serving
+
+    package = tmp_path / "site-packages" / "pytriton"
+    (package / "tritonserver" / "bin").mkdir(parents=True)
+    (package / "tritonserver" / "bin" / "tritonserver").write_bytes(b"")
+    env = serving.PythonEnv(tmp_path / "bin" / "python", "3.11", "1.26.4", "0.0.0", pytriton=package)
+    monkeypatch.setattr(serving.shutil, "which", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    server = serving.find_server(env)
+    assert server.path == package / "tritonserver" / "bin" / "tritonserver" and server.wheel == package
+    with pytest.raises(serving.MissingDependencyError, match="Triton server"):
+        serving.find_server(serving.PythonEnv(env.executable, "3.11", "1.26.4", "0.0.0"))
