@@ -31,7 +31,7 @@ ONNX_MODEL = "ecm_head_onnx"  # the streaming graph on ONNX Runtime (platform on
 TRT_MODEL = "ecm_head_trt"  # the streaming graph's TensorRT engine (platform tensorrt_plan)
 
 # The ecm_stream model's tensors (the contract between the backend and the client).
-FEATURES_INPUT, START_TIME_INPUT, END_TIMES_INPUT = "FEATURES", "START_TIME", "END_TIMES"
+FEATURES_INPUT, START_TIMES_INPUT, END_TIMES_INPUT = "FEATURES", "START_TIMES", "END_TIMES"
 EVENTS_OUTPUT = "EVENTS"
 START_CONTROL, END_CONTROL, READY_CONTROL = "START", "END", "READY"
 

@@ -4,7 +4,7 @@ Layout (names in :mod:`ecm_edge.triton_repository`; docs/design.md §6)::
 
     DIR/
       ecm_stream/                 Python backend, sequence batcher: one sequence per camera
-        config.pbtxt              FEATURES [-1, D] FP32 (+ optional START_TIME, END_TIMES FP64) → EVENTS (BYTES)
+        config.pbtxt              FEATURES [-1, D] FP32 (+ optional START_TIMES, END_TIMES FP64) → EVENTS (BYTES)
         ecm-edge.json             the stamp: ecm-edge version, weights sha256, every file's sha256
         1/model.py                imports ecm_edge from the server's Python (ecm_edge.runtime.triton_backend)
         1/deploy/                 the deploy weights (model.safetensors + model.json, operating points): head numpy
@@ -36,7 +36,7 @@ from ecm_edge.triton_repository import (
     ONNX_MODEL,
     READY_CONTROL,
     START_CONTROL,
-    START_TIME_INPUT,
+    START_TIMES_INPUT,
     STREAM_MODEL,
     TRT_MODEL,
     stamp_model,
@@ -172,7 +172,7 @@ def stream_config(feature_dim: int, head: str, manifest: Manifest) -> str:
     return (f'name: "{STREAM_MODEL}"\nbackend: "python"\nmax_batch_size: {STREAM_MAX_BATCH}\n'
             f"input [\n"
             f'  {{ name: "{FEATURES_INPUT}" data_type: TYPE_FP32 dims: [ -1, {feature_dim} ] }},\n'
-            f'  {{ name: "{START_TIME_INPUT}" data_type: TYPE_FP64 dims: [ 1 ] optional: true }},\n'
+            f'  {{ name: "{START_TIMES_INPUT}" data_type: TYPE_FP64 dims: [ -1 ] optional: true }},\n'
             f'  {{ name: "{END_TIMES_INPUT}" data_type: TYPE_FP64 dims: [ -1 ] optional: true }}\n]\n'
             f'output [\n  {{ name: "{EVENTS_OUTPUT}" data_type: TYPE_STRING dims: [ 1 ] }}\n]\n'
             f"sequence_batching {{\n  max_sequence_idle_microseconds: {SEQUENCE_IDLE_US}\n"

@@ -282,19 +282,19 @@ class StreamEngine(EventHub):
 
     # -- input ------------------------------------------------------------------------------------------------
     def push(self, source_id: str, features: np.ndarray, start_time: float | None = None,
-             end_times: Sequence[float] | None = None) -> int:
+             end_times: Sequence[float] | None = None, start_times: Sequence[float] | None = None) -> int:
         """Queue snippet features ``[n, D]`` (or one ``[D]``) of ``source_id`` for the next tick; returns how many
         were queued (the rest were dropped: the queue held ``stream.queue_snippets``).
 
         Snippet times default to consecutive snippet durations after the source's previous snippet;
         ``start_time`` sets the first snippet's start, ``end_times`` each snippet's end (starts then follow the
-        previous end).
+        previous end); ``start_times`` with ``end_times`` set both for every snippet.
         """
         features = self._checked_features(source_id, features)
         with self._queue_lock:
             self._check_open()
             stream = self._stream(source_id)
-            starts, ends = self._snippet_times(stream, len(features), start_time, end_times)
+            starts, ends = self._snippet_times(stream, len(features), start_time, end_times, start_times)
             stream.frames_pushed += len(features) * self.config.data.snippet_frames
             now = time.monotonic()
             return stream.enqueue([QueuedSnippet(x, s, e, now) for x, s, e in zip(features, starts, ends,
@@ -338,10 +338,11 @@ class StreamEngine(EventHub):
     def _checked_features(self, source_id: str, features: np.ndarray) -> np.ndarray:
         return checked_features(source_id, features, self.feature_dim)
 
-    def _snippet_times(self, stream: _Stream, n: int, start_time: float | None,
-                       end_times: Sequence[float] | None) -> tuple[list[float], list[float]]:
+    def _snippet_times(self, stream: _Stream, n: int, start_time: float | None, end_times: Sequence[float] | None,
+                       start_times: Sequence[float] | None = None) -> tuple[list[float], list[float]]:
         """Each snippet's source start and end (``snippet_times``' rule); advances the source's clock."""
-        return stream.next_times(n, self.snippet_seconds, start_time, end_times, where=f"source {stream.source!r}: push")
+        return stream.next_times(n, self.snippet_seconds, start_time, end_times, where=f"source {stream.source!r}: push",
+                                 start_times=start_times)
 
     # -- ticks ------------------------------------------------------------------------------------------------
     def step(self) -> list[ev.Event]:

@@ -38,10 +38,18 @@ _TIME_EPS = 1e-9  # seconds; slot times and frame times closer than this are the
 
 
 def snippet_times(clock: float, n: int, snippet_seconds: float, start_time: float | None = None,
-                  end_times: Sequence[float] | None = None, where: str = "push") -> tuple[list[float], list[float]]:
+                  end_times: Sequence[float] | None = None, where: str = "push",
+                  start_times: Sequence[float] | None = None) -> tuple[list[float], list[float]]:
     """Source start and end of ``n`` pushed snippets of features: consecutive snippets from ``start_time`` (default:
     where the previous push ended, ``clock``), each ``snippet_seconds`` long unless ``end_times`` gives their ends
-    (then each starts where the previous one ended). ``where`` names the caller in the error of a length mismatch."""
+    (then each starts where the previous one ended). ``start_times`` with ``end_times`` gives both exactly (a remote
+    caller forwarding times it already computed: they arrive unchanged to the last bit). ``where`` names the caller
+    in the error of a length mismatch."""
+    if start_times is not None:
+        if end_times is None or len(start_times) != n or len(end_times) != n:
+            raise DataError(f"{where} got {n} snippets, {len(start_times)} start times and "
+                            f"{'no' if end_times is None else len(end_times)} end times; give both, one per snippet")
+        return [float(t) for t in start_times], [float(t) for t in end_times]
     first = clock if start_time is None else float(start_time)
     if end_times is not None:
         if len(end_times) != n:
@@ -204,9 +212,11 @@ class SourceIntake:
     frame_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def next_times(self, n: int, snippet_seconds: float, start_time: float | None,
-                   end_times: Sequence[float] | None, where: str) -> tuple[list[float], list[float]]:
+                   end_times: Sequence[float] | None, where: str,
+                   start_times: Sequence[float] | None = None) -> tuple[list[float], list[float]]:
         """The times of ``n`` pushed snippets (:func:`snippet_times`); the clock moves to the last one's end."""
-        starts, ends = snippet_times(self.clock, n, snippet_seconds, start_time, end_times, where=where)
+        starts, ends = snippet_times(self.clock, n, snippet_seconds, start_time, end_times, where=where,
+                                     start_times=start_times)
         if n:
             self.clock = ends[-1]
         return starts, ends

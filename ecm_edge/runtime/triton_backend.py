@@ -37,7 +37,7 @@ from ecm_edge.triton_repository import (
     EVENTS_OUTPUT,
     FEATURES_INPUT,
     START_CONTROL,
-    START_TIME_INPUT,
+    START_TIMES_INPUT,
     verify_model,
 )
 
@@ -57,8 +57,8 @@ class SequenceRequest:
     features: np.ndarray  # [n, D]
     start: bool = False
     end: bool = False
-    start_time: float | None = None
-    end_times: list[float] | None = None
+    start_times: list[float] | None = None  # each snippet's start and end on the source's clock, as the client
+    end_times: list[float] | None = None  # computed them (None: the sequence's clock continues)
 
 
 class SequenceServer:
@@ -147,9 +147,9 @@ class SequenceServer:
 
     def _push(self, request: SequenceRequest, offset: int, limit: int) -> None:
         chunk = request.features[offset:offset + limit]
-        ends = request.end_times[offset:offset + limit] if request.end_times is not None else None
-        start = request.start_time if offset == 0 else None
-        self.engine.push(request.sequence, chunk, start_time=start, end_times=ends)
+        starts, ends = (None if times is None else times[offset:offset + limit]
+                        for times in (request.start_times, request.end_times))
+        self.engine.push(request.sequence, chunk, start_times=starts, end_times=ends)
 
     def _end(self, sequence: str) -> list[dict[str, Any]]:
         self._seen.pop(sequence, None)
@@ -196,13 +196,11 @@ def _flag(pb_utils: Any, request: Any, name: str) -> bool:
 def parse_request(pb_utils: Any, request: Any) -> SequenceRequest:
     """A Triton request of ``ecm_stream`` (batch axis of 1 dropped) as a :class:`SequenceRequest`."""
     features = _optional(pb_utils, request, FEATURES_INPUT)
-    start_time = _optional(pb_utils, request, START_TIME_INPUT)
-    end_times = _optional(pb_utils, request, END_TIMES_INPUT)
+    start_times, end_times = (_optional(pb_utils, request, name) for name in (START_TIMES_INPUT, END_TIMES_INPUT))
     return SequenceRequest(
         str(request.correlation_id()), np.asarray(features, np.float32).reshape(-1, features.shape[-1]),
         _flag(pb_utils, request, START_CONTROL), _flag(pb_utils, request, END_CONTROL),
-        None if start_time is None else float(start_time.reshape(-1)[0]),
-        None if end_times is None else [float(t) for t in end_times.reshape(-1)])
+        *(None if times is None else [float(t) for t in times.reshape(-1)] for times in (start_times, end_times)))
 
 
 def backend_model(pb_utils: Any) -> type:

@@ -45,7 +45,7 @@ from ecm_edge.triton_repository import (
     END_TIMES_INPUT,
     EVENTS_OUTPUT,
     FEATURES_INPUT,
-    START_TIME_INPUT,
+    START_TIMES_INPUT,
     STREAM_MODEL,
 )
 
@@ -244,7 +244,7 @@ class TritonStreamEngine(EventHub):
             np.zeros((1, 0, self.feature_dim), np.float32)
         inputs = [self._input(FEATURES_INPUT, features, "FP32")]
         if items:
-            inputs += [self._input(START_TIME_INPUT, np.array([[items[0].start]]), "FP64"),
+            inputs += [self._input(START_TIMES_INPUT, np.array([[i.start for i in items]]), "FP64"),
                        self._input(END_TIMES_INPUT, np.array([[i.end for i in items]]), "FP64")]
         try:
             result = self._client().infer(self.model, inputs, outputs=[module.InferRequestedOutput(EVENTS_OUTPUT)],

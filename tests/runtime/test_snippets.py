@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from ecm_edge.runtime.snippets import SnippetAssembler
+from ecm_edge.errors import DataError
+from ecm_edge.runtime.snippets import SnippetAssembler, snippet_times
 from ecm_edge.runtime.sources import Frame, open_source
 
 
@@ -113,3 +114,16 @@ def test_real_video_file_gives_floor_of_duration_over_snippet(tmp_path):
     assert len(snippets) == 4  # 3 s hold 75 slots at 25 fps: four full snippets of 16
     assert [s.start_time for s in snippets] == pytest.approx([0.0, 0.64, 1.28, 1.92])
     assert snippets[0].frames.shape == (16, 48, 64, 3)
+
+
+def test_given_start_and_end_times_arrive_unchanged():
+    """A remote caller's times are used as sent: six times 0.64 added up is not 6 · 0.64 in binary floating point,
+    and a starts-follow-ends rule would rebuild the former from the ends."""
+    starts = [0.0]
+    for _ in range(6):
+        starts.append(starts[-1] + 0.64)
+    ends = [s + 0.64 for s in starts]
+    assert snippet_times(5.0, 7, 0.64, start_times=starts, end_times=ends) == (starts, ends)
+    assert snippet_times(0.0, 7, 0.64)[0][6] != starts[6]  # why they are sent
+    with pytest.raises(DataError, match="7 snippets, 6 start times and no end times; give both"):
+        snippet_times(0.0, 7, 0.64, start_times=starts[:6])
