@@ -176,7 +176,19 @@ def loadable_models(repository: Path, backends: Path | None) -> tuple[list[str],
         else:
             skipped[model.name] = (f"needs Triton's {backend} backend, which this server lacks (it runs in NVIDIA's "
                                    "Triton container)")
+    for name in list(load):
+        called = _called_head_model(Path(repository) / name)
+        if called is not None and called not in load:
+            load.remove(name)
+            skipped[name] = (f"runs its head in {called} (--triton-head bls), which this server cannot load: "
+                             f"{skipped.get(called, 'not in the repository')}")
     return load, skipped
+
+
+def _called_head_model(model: Path) -> str | None:
+    """The model a ``bls`` ecm_stream calls for its head (its ``head_model`` parameter), or None."""
+    found = re.search(r'key: "head_model" value: \{ string_value: "([^"]+)" \}', (model / CONFIG_NAME).read_text())
+    return found.group(1) if found else None
 
 
 @dataclass

@@ -67,7 +67,7 @@ class ExportRequest:
     validate: Path | None = None  # dataset folder whose test split validates the artifacts
     overrides: tuple[str, ...] = ()  # --set section.key=value on top of the checkpoint's config
     triton: Path | None = None  # also write a Triton model repository there (ecm_edge.export.triton)
-    triton_head: str = "numpy"  # what runs the head inside its ecm_stream model: numpy or onnxruntime
+    triton_head: str = "numpy"  # what runs the head for its ecm_stream model: numpy, onnxruntime or bls
 
 
 @dataclass

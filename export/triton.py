@@ -12,9 +12,11 @@ Layout (names in :mod:`ecm_edge.triton_repository`; docs/design.md §6)::
       ecm_head_onnx/              the streaming graph [B, W, D] → cas, weights [B, W-4, C] (onnxruntime_onnx)
       ecm_head_trt/               its TensorRT engine (tensorrt_plan), where one was built
 
-The head platform models serve the graph to other pipelines (DeepStream's ``nvinferserver``, a BLS model) and run
-in NVIDIA's Triton container; ``ecm_stream`` runs the head itself (``parameters { key: "head" }``: ``numpy`` or
-``onnxruntime``) inside one ``StreamEngine`` for all of its sequences. Dims and names come from the manifests.
+The head platform models serve the graph to other pipelines (DeepStream's ``nvinferserver``) and run in NVIDIA's
+Triton container; ``ecm_stream`` keeps one ``StreamEngine`` for all of its sequences and runs the head itself
+(``parameters { key: "head" }``: ``numpy`` or ``onnxruntime``) or calls a head model by business-logic scripting
+(``bls``: ``ecm_head_trt`` where an engine was built, else ``ecm_head_onnx``; parameter ``head_model``). Dims
+and names come from the manifests.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from ecm_edge.triton_repository import (
     stamp_model,
 )
 
-STREAM_HEADS = ("numpy", "onnxruntime")  # what runs the head inside ecm_stream
+STREAM_HEADS = ("numpy", "onnxruntime", "bls")  # what runs the head for ecm_stream (bls: a head model, called)
 HEAD_MAX_BATCH = 64  # windows per call of the head platform models (dynamic batching gathers them)
 HEAD_QUEUE_DELAY_US = 500  # how long dynamic batching may hold a window to fill a batch
 STREAM_MAX_BATCH = 64  # requests (one per sequence) handed to one execute() of ecm_stream
@@ -86,9 +88,11 @@ def write_repository(out: Path, sources: TritonSources, head: str = "numpy") -> 
     out.mkdir(parents=True, exist_ok=True)
     stream_graph = sources.export_dir / f"{sources.stem}.stream.onnx"
     manifest = read_manifest(stream_graph)
-    folders = [_stream_model(out, sources, manifest, head), _head_model(out, ONNX_MODEL, stream_graph, manifest,
-                                                                        "onnxruntime_onnx", "model.onnx", sources)]
-    if sources.engine is not None and sources.engine.is_file():
+    has_engine = sources.engine is not None and sources.engine.is_file()
+    head_model = (TRT_MODEL if has_engine else ONNX_MODEL) if head == "bls" else None
+    folders = [_stream_model(out, sources, manifest, head, head_model),
+               _head_model(out, ONNX_MODEL, stream_graph, manifest, "onnxruntime_onnx", "model.onnx", sources)]
+    if has_engine:
         folders.append(_head_model(out, TRT_MODEL, sources.engine, read_manifest(sources.engine), "tensorrt_plan",
                                    "model.plan", sources))
     return folders
@@ -102,7 +106,7 @@ def _fresh_model_folder(out: Path, name: str) -> Path:
     return folder
 
 
-def _stream_model(out: Path, sources: TritonSources, manifest: Manifest, head: str) -> Path:
+def _stream_model(out: Path, sources: TritonSources, manifest: Manifest, head: str, head_model: str | None) -> Path:
     """``ecm_stream``: model.py, the deploy weights and the FP32 graphs, config.pbtxt, the stamp."""
     folder = _fresh_model_folder(out, STREAM_MODEL)
     version = folder / MODEL_VERSION
@@ -121,7 +125,7 @@ def _stream_model(out: Path, sources: TritonSources, manifest: Manifest, head: s
         for target in (deploy, graphs):
             shutil.copy2(points, operating_points_path(target))
     dim = int(manifest.feature["dim"])
-    (folder / CONFIG_NAME).write_text(stream_config(dim, head, manifest))
+    (folder / CONFIG_NAME).write_text(stream_config(dim, head, manifest, head_model))
     stamp_model(folder, sources.weights_sha256, {"feature_dim": dim, "class_names": list(manifest.class_names),
                                                  "head": head})
     return folder
@@ -156,9 +160,10 @@ def head_config(name: str, platform: str, manifest: Manifest) -> str:
             f"instance_group [ {{ kind: {kind} count: {INSTANCES} }} ]\n")
 
 
-def stream_config(feature_dim: int, head: str, manifest: Manifest) -> str:
+def stream_config(feature_dim: int, head: str, manifest: Manifest, head_model: str | None = None) -> str:
     """config.pbtxt of ``ecm_stream``: the sequence batcher (oldest strategy, START / END / READY controls, the
-    idle timeout), its tensors and the parameters the client and the backend read."""
+    idle timeout), its tensors and the parameters the client and the backend read (with ``bls``: the head model
+    it calls and the batch that model takes)."""
     def control(name: str, kind: str) -> str:
         return f'    {{ name: "{name}" control [ {{ kind: {kind} int32_false_true: [ 0, 1 ] }} ] }}'
 
@@ -168,6 +173,8 @@ def stream_config(feature_dim: int, head: str, manifest: Manifest) -> str:
     params = {"head": head, "feature_dim": str(feature_dim), "class_names": ",".join(manifest.class_names),
               "snippet_frames": str(manifest.feature.get("snippet_frames", "")),
               "fps": str(manifest.feature.get("fps", ""))}
+    if head_model is not None:
+        params.update(head_model=head_model, head_max_batch=str(HEAD_MAX_BATCH))
     parameters = "\n".join(f'  {{ key: "{k}" value: {{ string_value: "{v}" }} }},' for k, v in params.items())
     return (f'name: "{STREAM_MODEL}"\nbackend: "python"\nmax_batch_size: {STREAM_MAX_BATCH}\n'
             f"input [\n"

@@ -39,8 +39,10 @@ from ecm_edge.cli.options import progress_factory
               help="Local weights of --backbone.")
 @click.option("--triton", "triton_dir", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
               help="Also write a Triton Inference Server model repository (serve it with `ecm-edge serve DIR`).")
-@click.option("--triton-head", type=click.Choice(["numpy", "onnxruntime"]), default="numpy", show_default=True,
-              help="What runs the head inside the repository's ecm_stream model.")
+@click.option("--triton-head", type=click.Choice(["numpy", "onnxruntime", "bls"]), default="numpy", show_default=True,
+              help="What runs the head for the repository's ecm_stream model: numpy or onnxruntime inside it, or "
+                   "bls: it calls the head model (TensorRT where an engine was built, else ONNX Runtime) through "
+                   "the server, which needs NVIDIA's Triton container.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
 def export(checkpoint: Path | None, precision: str, calib_data: Path | None, calib_cache: Path | None, opset: int,
            engine: bool | None, validate_data: Path | None, out_dir: Path | None, overrides: tuple[str, ...],

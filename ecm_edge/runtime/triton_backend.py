@@ -11,6 +11,13 @@ A request that cannot be served (features with NaN, a sequence this server does 
 response of its own; the other sequences of the batch and the server go on. Wrong shapes, dtypes and missing
 correlation ids never reach here: Triton refuses them against config.pbtxt.
 
+The head runs inside the model (``parameters { key: "head" }``: ``numpy`` on the deploy weights, ``onnxruntime``
+on the graphs) or, with ``bls``, in another model of the server: each tick's windows of every sequence go to the
+model named by ``head_model`` (``ecm_head_trt`` or ``ecm_head_onnx``, the streaming graph on TensorRT or ONNX
+Runtime, where the server has those backends) as one business-logic-scripting request, so the head runs on the
+GPU with the server's own batching while the sequences' state stays here. The offline graph, which scores only a
+stream's first and last columns, stays in the model on ONNX Runtime.
+
 ``model.py`` in the repository is three lines: ``TritonPythonModel = backend_model(pb_utils)``; the logic is here
 so that it is tested without a server and so that the server's Python imports the installed ecm-edge.
 """
@@ -43,7 +50,9 @@ from ecm_edge.triton_repository import (
 
 log = logging.getLogger("ecm_edge")
 
-HEAD_FOLDERS = {"numpy": "deploy", "onnxruntime": "graphs"}  # the head parameter -> its artifacts in the version
+# the head parameter -> its artifacts in the version folder (bls: the offline graph runs here, the streaming graph
+# in the model named by the head_model parameter)
+HEAD_FOLDERS = {"numpy": "deploy", "onnxruntime": "graphs", "bls": "graphs"}
 SERVER_OVERRIDES = ("stream.stats_every_s=0",)  # stats are the client's and Triton's metrics, not events here
 WARMUP_SNIPPETS = 8  # snippets of a throw-away stream at load: the kernels compile before the first request
 WARMUP_SOURCE = "ecm-edge warm-up"
@@ -69,18 +78,24 @@ class SequenceServer:
         self._seen: dict[str, float] = {}  # sequence -> monotonic time of its last request
 
     @classmethod
-    def from_version_folder(cls, folder: Path, head: str, idle_s: float) -> SequenceServer:
+    def from_version_folder(cls, folder: Path, head: str, idle_s: float,
+                            head_model: Any = None) -> SequenceServer:
         """The engine on the repository's copy of the deploy weights (``numpy``) or of the graphs
-        (``onnxruntime``), with the thresholds the model was trained with."""
+        (``onnxruntime``, ``bls``), with the thresholds the model was trained with. ``head_model`` (``bls``): the
+        engine that runs the streaming graph in another model (:class:`BlsHeadModel`)."""
         if head not in HEAD_FOLDERS:
             raise EcmEdgeError(f"ecm_stream's parameter head is {head!r}; choose one of {', '.join(HEAD_FOLDERS)} "
                                "in its config.pbtxt")
+        if (head == "bls") != (head_model is not None):
+            raise EcmEdgeError("ecm_stream runs its streaming graph in another model exactly when head is bls")
         meta = json.loads((folder / HEAD_FOLDERS["numpy"] / META_NAME).read_text())
         config = config_from_stored(meta["config"], source=str(folder / META_NAME))
-        engine = StreamEngine.from_artifacts(folder / HEAD_FOLDERS[head], head, config=config,
-                                             overrides=SERVER_OVERRIDES, precision="fp32" if head != "numpy"
-                                             else "auto", process_stats=False)
-        _warm_up(engine)
+        engine = StreamEngine.from_artifacts(folder / HEAD_FOLDERS[head], "numpy" if head == "numpy" else
+                                             "onnxruntime", config=config, overrides=SERVER_OVERRIDES,
+                                             precision="fp32" if head != "numpy" else "auto", process_stats=False)
+        _warm_up(engine)  # before the head model takes over: a model cannot call another while it loads
+        if head_model is not None:
+            _run_streaming_graph_in(engine, head_model)
         return cls(engine, idle_s)
 
     def handle(self, requests: Sequence[SequenceRequest]) -> list[list[dict[str, Any]] | EcmEdgeError]:
@@ -174,6 +189,41 @@ def _warm_up(engine: StreamEngine) -> None:
     engine.remove_stream(WARMUP_SOURCE)
 
 
+def _run_streaming_graph_in(engine: StreamEngine, head_model: Any) -> None:
+    """Hand the engine's streaming-graph calls to ``head_model`` (the ONNX Runtime session it replaces closes)."""
+    runner = engine.head.runner
+    runner.streaming.close()
+    runner.streaming = head_model
+
+
+class BlsHeadModel:
+    """The streaming graph as another model of the same Triton server, called by business-logic scripting: the
+    inference-engine interface of ``ecm_edge.runtime.engines`` (``infer``: features ``[B, W, D]`` → ``cas`` and
+    ``weights`` ``[B, W − 4, C]``), one request per at most ``max_batch`` windows."""
+
+    def __init__(self, pb_utils: Any, model: str, input_name: str, output_names: Sequence[str], max_batch: int):
+        self.pb_utils, self.model, self.input_name = pb_utils, model, input_name
+        self.output_names, self.max_batch = list(output_names), max_batch
+        self.manifest = None  # no TensorRT profile here: the model's max_batch_size caps a request
+
+    def infer(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        parts = [self._request(features[first:first + self.max_batch])
+                 for first in range(0, len(features), self.max_batch)]
+        return {name: np.concatenate([part[name] for part in parts]) for name in self.output_names}
+
+    def close(self) -> None:
+        """Nothing to release: the head model belongs to the server."""
+
+    def _request(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        pb = self.pb_utils
+        request = pb.InferenceRequest(model_name=self.model, requested_output_names=self.output_names,
+                                      inputs=[pb.Tensor(self.input_name, np.ascontiguousarray(features, np.float32))])
+        response = request.exec()
+        if response.has_error():
+            raise EcmEdgeError(f"ecm_stream: the head model {self.model!r} failed: {response.error().message()}")
+        return {name: pb.get_output_tensor_by_name(response, name).as_numpy() for name in self.output_names}
+
+
 def _dicts(events: Sequence[Any]) -> list[dict[str, Any]]:
     return [event.to_dict() for event in events]
 
@@ -181,6 +231,15 @@ def _dicts(events: Sequence[Any]) -> list[dict[str, Any]]:
 # -- the Triton side -------------------------------------------------------------------------------------------
 def _parameter(model_config: dict[str, Any], key: str, default: str) -> str:
     return str(model_config.get("parameters", {}).get(key, {}).get("string_value", default))
+
+
+def _bls_head(pb_utils: Any, model_config: dict[str, Any], version: Path) -> BlsHeadModel:
+    """The head model ``ecm_stream``'s config names, with the tensor names of the streaming graph's manifest."""
+    from ecm_edge.manifest import read_manifest
+
+    manifest = read_manifest(next((version / HEAD_FOLDERS["bls"]).glob("*.stream.onnx")))
+    return BlsHeadModel(pb_utils, _parameter(model_config, "head_model", ""), manifest.inputs[0].name,
+                        [spec.name for spec in manifest.outputs], int(_parameter(model_config, "head_max_batch", "1")))
 
 
 def _optional(pb_utils: Any, request: Any, name: str) -> np.ndarray | None:
@@ -214,9 +273,11 @@ def backend_model(pb_utils: Any) -> type:
             folder = Path(args["model_repository"])
             verify_model(folder)  # another ecm-edge or changed files: the model does not load, saying why
             idle_us = config.get("sequence_batching", {}).get("max_sequence_idle_microseconds", 0)
-            self.server = SequenceServer.from_version_folder(folder / str(args["model_version"]),
-                                                             _parameter(config, "head", "numpy"),
-                                                             float(idle_us) / 1e6 or float("inf"))
+            version = folder / str(args["model_version"])
+            head = _parameter(config, "head", "numpy")
+            self.server = SequenceServer.from_version_folder(version, head, float(idle_us) / 1e6 or float("inf"),
+                                                             _bls_head(pb_utils, config, version) if head == "bls"
+                                                             else None)
 
         def execute(self, requests: list[Any]) -> list[Any]:
             parsed = [parse_request(pb_utils, request) for request in requests]

@@ -7,7 +7,10 @@ One server for the module (starting one takes seconds); the restart test starts 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -84,9 +87,10 @@ def _assert_equal(got: list[dict], expected: list[dict]) -> None:
                 assert a[key] == b[key], (key, a, b)
 
 
-def _in_process(run: Path, inputs: dict[str, np.ndarray], start: float = 0.0) -> dict[str, list[dict]]:
+def _in_process(run: Path, inputs: dict[str, np.ndarray], start: float = 0.0, engine: str = "numpy"
+                ) -> dict[str, list[dict]]:
     """The reference: the same snippets, pushed in the same chunks, through an in-process engine."""
-    engine = StreamEngine.from_artifacts(run, "numpy", overrides=["stream.stats_every_s=0"])
+    engine = StreamEngine.from_artifacts(run, engine, overrides=["stream.stats_every_s=0"], precision="fp32")
     out: dict[str, list] = {s: [] for s in inputs}
     for source in inputs:
         engine.add_stream(source)
@@ -221,3 +225,40 @@ def test_model_of_another_release_does_not_load_and_says_why(server):
     with pytest.raises(Exception, match=FOREIGN):
         tritonclient_http.InferenceServerClient(f"127.0.0.1:{server.ports['http']}").infer(
             FOREIGN, [], sequence_id="x", sequence_start=True)
+
+
+# -- the head in another model (business-logic scripting) --------------------------------------------------------
+def test_bls_head_model_serves_eight_sequences_like_the_in_process_engine(bls_repository, pytestconfig):
+    """ecm_stream keeps the sequences and calls the head model once per tick through the server; the events equal
+    an in-process engine on the same FP32 graphs with ONNX Runtime."""
+    export, repo = bls_repository
+    assert 'key: "head_model" value: { string_value: "ecm_head_onnx" }' in (repo / STREAM_MODEL / "config.pbtxt"
+                                                                            ).read_text()
+    server = _start(repo, pytestconfig.cache.mkdir("triton-python"))
+    try:
+        assert "ecm_head_onnx" not in server.skipped
+        inputs = {f"cam-{i}": _features(100 + i) for i in range(SOURCES)}
+        got = _through_server(server.grpc_url, inputs)
+        metrics = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    finally:
+        server.stop()
+    head_calls = re.search(r'nv_inference_exec_count\{model="ecm_head_onnx",version="1"\} (\d+)', metrics)
+    assert head_calls is not None and int(head_calls.group(1)) >= SNIPPETS // CHUNK, metrics
+    expected = _in_process(export, inputs, engine="onnxruntime")
+    assert sum(len(e) for e in expected.values()) > 0
+    for source in inputs:
+        _assert_equal(got[source], expected[source])
+
+
+def test_bls_stream_model_is_not_loaded_without_its_head_model(bls_repository, tmp_path):
+    """On a server with the Python backend only, as exported (the head an ONNX Runtime platform model)."""
+    from ecm_edge.serving import loadable_models
+
+    repo = tmp_path / "repo"
+    shutil.copytree(bls_repository[1], repo)
+    config = repo / "ecm_head_onnx" / "config.pbtxt"
+    config.write_text(config.read_text().replace('backend: "python"', 'platform: "onnxruntime_onnx"'))
+    (tmp_path / "backends" / "python").mkdir(parents=True)
+    load, skipped = loadable_models(repo, tmp_path / "backends")
+    assert STREAM_MODEL not in load and "onnxruntime backend" in skipped["ecm_head_onnx"]
+    assert "runs its head in ecm_head_onnx (--triton-head bls)" in skipped[STREAM_MODEL]
