@@ -8,8 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from ecm_edge.bench import PARTS
 from ecm_edge import serving
+from ecm_edge.bench import PARTS
 from ecm_edge.bench import triton as bench_triton
 
 
