@@ -61,9 +61,10 @@ IGNORED_KEYS = (*NOT_COMPARED, "segment")  # segment repeats the event's fields 
 METRIC = re.compile(r'^(nv_inference_count|nv_inference_exec_count)\{[^}]*model="ecm_stream"[^}]*\}\s+(\S+)', re.M)
 NEEDS = {"tritonclient.grpc": ("tritonclient[grpc]", "the client of this part"),  # module -> (package, purpose)
          "torch": ("torch", "writing the model"), "onnx": ("onnx", "the export the repository is written from")}
-HOW_TO_RUN = (f"to run it: pip install 'ecm-edge[serve]' (server binary and tritonclient), then set {PYTHON_ENV} to "
-              "a Python with numpy<2 and ecm-edge installed (e.g. a venv holding only numpy<2 whose .pth adds this "
-              f"environment's site-packages) and run `{PYTHON_ENV}=/path/to/python ecm-edge bench triton`")
+HOW_TO_RUN = (f"to run it: set {PYTHON_ENV} to a Python with numpy<2 and ecm-edge whose environment (or this one) "
+              "has the nvidia-pytriton wheel (e.g. a venv holding numpy<2 and nvidia-pytriton installed without "
+              "dependencies, whose .pth adds this environment's site-packages: the one the tests make in "
+              f".pytest_cache/d/triton-python) and run `{PYTHON_ENV}=/path/to/python ecm-edge bench triton`")
 
 
 def run(quick: bool) -> BenchSection:

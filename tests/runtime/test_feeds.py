@@ -147,13 +147,17 @@ def test_keep_going_serves_the_others_and_retries_a_live_source_until_it_opens(s
     stop = threading.Event()
     stop_after(stop)
     seen: list[dict] = []
+    restored = False
     for event in run_sources(engine, specs, realtime=False, keep_going=True, stop=stop):
         seen.append(event)
-        if event["type"] == "source_lost":
+        # once restored, the gate's frames may reach this extractor-less engine before the stop: what it reports
+        # then is not under test
+        if event["type"] == "source_lost" and not restored:
             assert event["source"] == "gate" and "cannot open stream" in event["reason"] and event["retry_in_s"] > 0
             threading.Timer(0.3, down_server.up).start()
         if event["type"] == "source_restored":
             assert event["source"] == "gate" and event["attempts"] >= 1
+            restored = True
             stop.set()
     assert [e["type"] for e in seen if e["source"] == "gate" and e["type"] != "stats"][:2] == \
         ["source_lost", "source_restored"]
