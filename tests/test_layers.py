@@ -4,11 +4,11 @@ The contracts ([tool.importlinter]) say which part of ``ecm_edge`` may import wh
 the data formats never import training, export, the benchmarks or the CLI; the kernels nothing of the runtime;
 nothing the CLI but ``python -m ecm_edge``; and so on. Imports inside functions count.
 
-train/, export/, kernels/ and configs/ are installed as ``ecm_edge.train`` ... (pyproject's package-dir), which
-an editable install hides from import-linter (it walks the ``ecm_edge/`` folder only). So the test lays the
-package out as a wheel installs it (each package pyproject lists, its ``.py`` files) in a temporary folder and
-runs ``lint-imports`` there with this repository's pyproject.toml. ``python tests/test_layers.py`` prints the
-report alone.
+train/, export/, kernels/ and configs/ are installed as ``ecm_edge.train`` ... (pyproject's package-dir). In the
+checkout, ``ecm_edge/`` links to them so that ``lint-imports`` runs as is at the root; this test checks what a
+user installs instead: it lays the package out as a wheel does (each package pyproject lists, its ``.py`` files)
+in a temporary folder and runs ``lint-imports`` there with this repository's pyproject.toml.
+``python tests/test_layers.py`` prints the report alone.
 """
 
 from __future__ import annotations
