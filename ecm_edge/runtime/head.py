@@ -682,6 +682,12 @@ class EngineRunner:
             weights.append(None if outputs.get("weights") is None else np.asarray(outputs["weights"], np.float32))
         return np.concatenate(cas), None if any(w is None for w in weights) else np.concatenate(weights)
 
+    def run_streaming_graph_in(self, engine: Any) -> None:
+        """From now on the streaming graph runs in ``engine`` (same ``infer`` contract); the one it replaces
+        closes. The offline graph stays."""
+        self.streaming.close()
+        self.streaming = engine
+
     def _run(self, engine: Any, features: np.ndarray) -> np.ndarray:
         outputs = engine.infer(features[None])
         weights = outputs.get("weights")

@@ -8,7 +8,7 @@ A sources file names every input once (docs/design.md §7)::
       - {id: replay, features: recordings/day1.npy}
       - id: file-3
         video: clips/a.mp4
-        set: {post.class_threshold: 0.3}     # this source's own thresholds (post.* and stream.* keys)
+        set: {post.class_threshold: 0.3}     # this source's own settings (post.*, stream.*, alerts.* keys)
 
 Each entry has an ``id`` (the ``source`` of its events), exactly one input (``camera``, ``url``, ``video`` or
 ``features``) and optionally ``set``, per-source config overrides written as ``--set`` would take them. Relative

@@ -95,7 +95,7 @@ class SequenceServer:
                                              precision="fp32" if head != "numpy" else "auto", process_stats=False)
         _warm_up(engine)  # before the head model takes over: a model cannot call another while it loads
         if head_model is not None:
-            _run_streaming_graph_in(engine, head_model)
+            engine.head.runner.run_streaming_graph_in(head_model)
         return cls(engine, idle_s)
 
     def handle(self, requests: Sequence[SequenceRequest]) -> list[list[dict[str, Any]] | EcmEdgeError]:
@@ -187,13 +187,6 @@ def _warm_up(engine: StreamEngine) -> None:
     engine.push(WARMUP_SOURCE, np.zeros((WARMUP_SNIPPETS, engine.feature_dim), np.float32))
     engine.step()
     engine.remove_stream(WARMUP_SOURCE)
-
-
-def _run_streaming_graph_in(engine: StreamEngine, head_model: Any) -> None:
-    """Hand the engine's streaming-graph calls to ``head_model`` (the ONNX Runtime session it replaces closes)."""
-    runner = engine.head.runner
-    runner.streaming.close()
-    runner.streaming = head_model
 
 
 class BlsHeadModel:
