@@ -71,6 +71,13 @@ class TrainConfig:
     weight_decay: float = 5.0e-4
     lr_decay_epoch: int = 0  # epoch at which lr is multiplied by lr_decay_factor (0: never)
     lr_decay_factor: float = 0.1
+    # -- the fast recipe's switches (off in the paper configs: they are what the paper's numbers mean) --
+    lr_schedule: str = "step"  # "step": lr_decay_epoch / lr_decay_factor; "cosine": lr → lr·lr_min_factor at the end
+    lr_min_factor: float = 0.01  # cosine: the last epoch's lr as a fraction of lr
+    lr_warmup_epochs: int = 0  # lr rises linearly from lr/N to lr over the first N epochs (0: none)
+    normalized_warmup_epochs: int = 0  # divide the post-stream sums by ΣW for the first N epochs, then the paper's sums
+    grad_clip: float = 0.0  # clip the gradient's global L2 norm to this (0: no clipping)
+    patience: int = 0  # stop once N evaluations in a row did not raise the best mAP (0: run every epoch)
     seed: int = 16
     c2c_weight: float = 0.05  # weight of L_c2c, the MSE between pre- and post-stream logits
     a2c_weight: float = 5.0  # λ: weight of L_a2c, the background-branch BCE
@@ -216,6 +223,7 @@ POST_MODES: tuple[str, ...] = ("ecm", "clean")  # post.mode and stream.mode (doc
 CHOICES: dict[str, tuple[str, ...]] = {
     "train.eval_split": ("val", "test"),
     "train.amp": ("off", "bf16", "fp16"),
+    "train.lr_schedule": ("step", "cosine"),
     "post.mode": POST_MODES,
     "post.time_base": ("fps", "duration"),
     "post.kernels": ("auto", "numpy", "cpu", "cuda"),
@@ -277,6 +285,8 @@ RANGES: dict[str, Range] = {
     "train.betas": OPEN_FRACTION, "train.weight_decay": NON_NEGATIVE, "train.lr_decay_epoch": NON_NEGATIVE,
     "train.lr_decay_factor": POSITIVE, "train.seed": NON_NEGATIVE, "train.c2c_weight": NON_NEGATIVE,
     "train.a2c_weight": NON_NEGATIVE, "train.eval_every": NON_NEGATIVE, "train.num_workers": NON_NEGATIVE,
+    "train.lr_min_factor": FRACTION, "train.lr_warmup_epochs": NON_NEGATIVE,
+    "train.normalized_warmup_epochs": NON_NEGATIVE, "train.grad_clip": NON_NEGATIVE, "train.patience": NON_NEGATIVE,
     "post.class_threshold": FRACTION, "post.act_thresh_start": FRACTION, "post.act_thresh_stop": FRACTION,
     "post.act_thresh_step": Range(0, 1, low_open=True), "post.oic_lambda": NON_NEGATIVE,
     "post.gamma": NON_NEGATIVE, "post.nms_iou": FRACTION,

@@ -134,9 +134,24 @@ def epoch_batches(num_videos: int, batch_size: int, seed: int, epoch: int,
 
 
 def learning_rate(cfg: Config, epoch: int) -> float:
-    """lr of epoch (1-based): train.lr, times lr_decay_factor once lr_decay_epoch epochs are done."""
-    decayed = cfg.train.lr_decay_epoch > 0 and epoch > cfg.train.lr_decay_epoch
-    return cfg.train.lr * (cfg.train.lr_decay_factor if decayed else 1.0)
+    """lr of epoch (1-based). ``step``: train.lr, times lr_decay_factor once lr_decay_epoch epochs are done;
+    ``cosine``: from train.lr after the warm-up down to train.lr · lr_min_factor at the last epoch. A warm-up of
+    N epochs scales either by epoch / N over its epochs."""
+    t = cfg.train
+    warmup = min(1.0, epoch / t.lr_warmup_epochs) if t.lr_warmup_epochs > 0 else 1.0
+    if t.lr_schedule == "cosine":
+        decay_from = max(t.lr_warmup_epochs, 1)  # the first epoch at the full rate
+        progress = min(1.0, max(0, epoch - decay_from) / max(1, t.epochs - decay_from))
+        floor = t.lr_min_factor
+        return t.lr * warmup * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+    decayed = t.lr_decay_epoch > 0 and epoch > t.lr_decay_epoch
+    return t.lr * warmup * (t.lr_decay_factor if decayed else 1.0)
+
+
+def normalizes_aggregation(cfg: Config, epoch: int) -> bool:
+    """Whether epoch (1-based) divides the post-stream sums by ΣW: always with model.normalize_aggregation, else
+    during the first train.normalized_warmup_epochs."""
+    return cfg.model.normalize_aggregation or epoch <= cfg.train.normalized_warmup_epochs
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -266,8 +281,9 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, device: str
         state = _restore(run_dir / LAST_NAME, model, optimizer, scaler, class_names, ctx)
     elif ctx.enabled:
         torch.manual_seed(cfg.train.seed + RANK_SEED_STRIDE * ctx.rank)
-    if state.epoch >= cfg.train.epochs:
-        logger.info("%s already finished %d of %d epochs; nothing to do", run_dir, state.epoch, cfg.train.epochs)
+    if state.epoch >= cfg.train.epochs or _out_of_patience(cfg, state):
+        logger.info("%s already finished (%d of %d epochs%s); nothing to do", run_dir, state.epoch, cfg.train.epochs,
+                    ", stopped early by train.patience" if state.epoch < cfg.train.epochs else "")
         return _summary(run_dir, state, eval_split, already_finished=True)
 
     forward: nn.Module = TrainingForward(model)
@@ -291,6 +307,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, device: str
         lr = learning_rate(cfg, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        model.normalize_aggregation = normalizes_aggregation(cfg, epoch)
         losses = _train_epoch(forward, clips, optimizer, scaler, cfg, dev, epoch, ctx, show)
         record: dict[str, Any] = {"epoch": epoch, "loss": losses, "lr": lr,
                                   "seconds": round(time.perf_counter() - started, 3)}
@@ -312,8 +329,22 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, device: str
             _log_epoch(record, cfg.train.epochs)
         else:
             state.epoch = epoch
+        if ddp.broadcast_object(_out_of_patience(cfg, state) if ctx.is_main else None, ctx):
+            if ctx.is_main:
+                logger.info("stopping after epoch %d: %d evaluations without a better mAP than epoch %d's "
+                            "(train.patience=%d)", epoch, cfg.train.patience, state.best["epoch"],
+                            cfg.train.patience)
+            break
         ddp.barrier(ctx)
     return _summary(run_dir, state, eval_split)
+
+
+def _out_of_patience(cfg: Config, state: _State) -> bool:
+    """train.patience evaluations in a row since the best one (early stopping; best.pt keeps the best)."""
+    if cfg.train.patience <= 0 or state.best is None or state.best.get(SELECTION_METRIC) is None:
+        return False
+    since = [r for r in state.history if r["epoch"] > state.best["epoch"] and r.get(SELECTION_METRIC) is not None]
+    return len(since) >= cfg.train.patience
 
 
 def _evaluate_now(cfg: Config, epoch: int) -> bool:
@@ -358,10 +389,15 @@ def _train_epoch(forward: nn.Module, clips: TrainClips, optimizer: torch.optim.O
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
+            if cfg.train.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(forward.parameters(), cfg.train.grad_clip)
             scaler.step(optimizer)
             scaler.update()
         else:
             loss.backward()
+            if cfg.train.grad_clip > 0:
+                nn.utils.clip_grad_norm_(forward.parameters(), cfg.train.grad_clip)
             optimizer.step()
         sums += torch.stack([terms[name].double() for name in LOG_TERMS])
         if show_progress:

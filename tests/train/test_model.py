@@ -89,6 +89,9 @@ def test_normalized_aggregation_divides_by_the_weight_sum():
     normalized = tiny_model(normalize=True).aggregate(x, w)
     sums = torch.stack([w[:, :, g::3].sum(-1) for g in range(3)], dim=-1)[:, :, None, :]
     torch.testing.assert_close(normalized, plain / sums)
+    switched = tiny_model()
+    switched.normalize_aggregation = True  # what the trainer does during a normalized warm-up
+    torch.testing.assert_close(switched.aggregate(x, w), normalized)
 
 
 def test_export_forward_returns_cas_and_softmax_video_scores_only():

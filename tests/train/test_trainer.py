@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import time
@@ -27,7 +28,13 @@ from ecm_edge.errors import CheckpointError, ConfigError  # noqa: E402
 from ecm_edge.train import checkpoint as ckpt  # noqa: E402
 from ecm_edge.train.deploy import load_deploy  # noqa: E402
 from ecm_edge.train.distributed import DistContext  # noqa: E402
-from ecm_edge.train.trainer import epoch_batches, learning_rate, read_metrics, train  # noqa: E402
+from ecm_edge.train.trainer import (  # noqa: E402
+    epoch_batches,
+    learning_rate,
+    normalizes_aggregation,
+    read_metrics,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +206,50 @@ def test_learning_rate_decays_after_the_decay_epoch():
     assert learning_rate(cfg, 26) == pytest.approx(2e-4)
     assert learning_rate(cfg, 27) == pytest.approx(2e-5)
     assert learning_rate(load_config("thumos14"), 150) == pytest.approx(2e-4)
+
+
+def test_cosine_schedule_with_warmup():
+    cfg = load_config("thumos14", ["train.lr_schedule=cosine", "train.lr_warmup_epochs=4", "train.epochs=40",
+                                   "train.lr=1e-3", "train.lr_min_factor=0.01"])
+    rates = [learning_rate(cfg, epoch) for epoch in range(1, 41)]
+    assert rates[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])  # linear warm-up to lr
+    assert rates[-1] == pytest.approx(1e-5)  # lr · lr_min_factor at the last epoch
+    assert all(a > b for a, b in itertools.pairwise(rates[3:]))  # then decreasing
+    plain = load_config("thumos14", ["train.lr_schedule=cosine", "train.epochs=10"])
+    assert learning_rate(plain, 1) == pytest.approx(2e-4)  # no warm-up: full rate at the first epoch
+
+
+def test_normalized_warmup_covers_its_epochs_only():
+    cfg = load_config("thumos14", ["train.normalized_warmup_epochs=3"])
+    assert [normalizes_aggregation(cfg, e) for e in (1, 3, 4, 100)] == [True, True, False, False]
+    assert not normalizes_aggregation(load_config("thumos14"), 1)
+    assert normalizes_aggregation(load_config("thumos14_lite"), 100)  # normalized throughout
+
+
+def test_patience_stops_the_run_and_keeps_the_best_epoch(data_dir, tmp_path):
+    with single_thread():
+        summary = train(tiny_config("train.epochs=40", "train.patience=2"), data_dir, tmp_path / "run",
+                        progress=False)
+    history = summary.history
+    best = summary.best["epoch"]
+    assert len(history) < 40 and history[-1]["epoch"] == best + 2  # two evaluations after the best, then stop
+    assert all(r["map_avg"] <= summary.best["map_avg"] for r in history)
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["epoch"] == best
+    with single_thread():  # resuming a run that ran out of patience does nothing
+        again = train(tiny_config("train.epochs=40", "train.patience=2"), data_dir, tmp_path / "run", resume=True,
+                      progress=False)
+    assert again.already_finished and len(again.history) == len(history)
+
+
+def test_gradient_clipping_changes_the_update(data_dir, tmp_path):
+    with single_thread():
+        plain = train(tiny_config("train.epochs=1", "train.eval_every=0"), data_dir, tmp_path / "plain",
+                      progress=False)
+        clipped = train(tiny_config("train.epochs=1", "train.eval_every=0", "train.grad_clip=1e-3"), data_dir,
+                        tmp_path / "clipped", progress=False)
+    a, b = (torch.load(run.run_dir / "last.pt", weights_only=True)["model"] for run in (plain, clipped))
+    assert all(torch.isfinite(v).all() for v in b.values())
+    assert any(not torch.allclose(a[k], b[k]) for k in a)
 
 
 def test_amp_and_compile_are_refused_on_cpu(data_dir, tmp_path):
