@@ -75,7 +75,7 @@ class TrainConfig:
     lr_schedule: str = "step"  # "step": lr_decay_epoch / lr_decay_factor; "cosine": lr → lr·lr_min_factor at the end
     lr_min_factor: float = 0.01  # cosine: the last epoch's lr as a fraction of lr
     lr_warmup_epochs: int = 0  # lr rises linearly from lr/N to lr over the first N epochs (0: none)
-    normalized_warmup_epochs: int = 0  # divide the post-stream sums by ΣW for the first N epochs, then the paper's sums
+    normalized_warmup_epochs: int = 0  # post-stream sums divided by ΣW^p, p falling from 1 to 0 over N epochs
     grad_clip: float = 0.0  # clip the gradient's global L2 norm to this (0: no clipping)
     patience: int = 0  # stop once N evaluations in a row did not raise the best mAP (0: run every epoch)
     seed: int = 16

@@ -31,9 +31,9 @@ SEEDS = (16, 17, 18)  # training seeds (train.seed)
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "paper": ("thumos14", []),
     "lite": ("thumos14_lite", []),
-    "normwarm": ("thumos14", ["train.epochs=40", "train.lr=1e-3", "train.normalized_warmup_epochs=10",
+    "normfade": ("thumos14", ["train.epochs=40", "train.lr=1e-3", "train.normalized_warmup_epochs=10",
                               "train.patience=10"]),
-    "normwarm_cos": ("thumos14", ["train.epochs=40", "train.lr=1e-3", "train.normalized_warmup_epochs=10",
+    "normfade_cos": ("thumos14", ["train.epochs=40", "train.lr=1e-3", "train.normalized_warmup_epochs=10",
                                   "train.lr_schedule=cosine", "train.lr_warmup_epochs=2", "train.patience=10"]),
 }
 

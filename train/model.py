@@ -63,8 +63,9 @@ class ECM(nn.Module):
     def __init__(self, dims: ECMDims):
         super().__init__()
         self.dims = dims
-        # divide the post-stream sums by ΣW; the trainer turns it on for the first epochs of a normalized warm-up
-        self.normalize_aggregation = dims.normalize_aggregation
+        # the post-stream sums are divided by ΣW to this power: 1 normalized, 0 the paper's sums; the trainer moves
+        # it from 1 to 0 during a normalized warm-up
+        self.normalize_power = 1.0 if dims.normalize_aggregation else 0.0
         d, h, c = dims.feature_dim, dims.hidden_dim, dims.num_classes
         self.conv1 = nn.Conv1d(d, h, kernel_size=KERNEL_SIZE, padding=PADDING)
         self.conv2 = nn.Conv1d(h, h, kernel_size=KERNEL_SIZE, padding=PADDING)
@@ -129,8 +130,8 @@ class ECM(nn.Module):
                 b, k, c = scale.shape[0], scale.shape[1], w_g.shape[1]
                 w_scaled = (w_g[:, None] * scale[:, :, None, g::PHASES]).reshape(b, k * c, -1)
                 f_g = torch.bmm(w_scaled, x_g).reshape(b, k, c, -1)
-            if self.normalize_aggregation:
-                norm = w_g.sum(dim=-1, keepdim=True).clamp_min(1e-6)  # [B, C, 1]
+            if self.normalize_power > 0:
+                norm = w_g.sum(dim=-1, keepdim=True).clamp_min(1e-6) ** self.normalize_power  # [B, C, 1]
                 f_g = f_g / (norm if scale is None else norm[:, None])
             phases.append(f_g)
         return torch.stack(phases, dim=-1)

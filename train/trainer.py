@@ -148,10 +148,15 @@ def learning_rate(cfg: Config, epoch: int) -> float:
     return t.lr * warmup * (t.lr_decay_factor if decayed else 1.0)
 
 
-def normalizes_aggregation(cfg: Config, epoch: int) -> bool:
-    """Whether epoch (1-based) divides the post-stream sums by ΣW: always with model.normalize_aggregation, else
-    during the first train.normalized_warmup_epochs."""
-    return cfg.model.normalize_aggregation or epoch <= cfg.train.normalized_warmup_epochs
+def normalization_power(cfg: Config, epoch: int) -> float:
+    """The power of ΣW that epoch (1-based) divides the post-stream sums by: 1 throughout with
+    model.normalize_aggregation; with N = train.normalized_warmup_epochs, 1 at the first epoch falling linearly to
+    0 (the paper's sums) at epoch N + 1. A sudden switch from normalized sums to the paper's, hundreds of times
+    larger, wrecked the model it had trained (docs/design.md, Model and training)."""
+    if cfg.model.normalize_aggregation:
+        return 1.0
+    warmup = cfg.train.normalized_warmup_epochs
+    return max(0.0, 1.0 - (epoch - 1) / warmup) if warmup > 0 else 0.0
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -307,7 +312,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, device: str
         lr = learning_rate(cfg, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        model.normalize_aggregation = normalizes_aggregation(cfg, epoch)
+        model.normalize_power = normalization_power(cfg, epoch)
         losses = _train_epoch(forward, clips, optimizer, scaler, cfg, dev, epoch, ctx, show)
         record: dict[str, Any] = {"epoch": epoch, "loss": losses, "lr": lr,
                                   "seconds": round(time.perf_counter() - started, 3)}

@@ -90,8 +90,10 @@ def test_normalized_aggregation_divides_by_the_weight_sum():
     sums = torch.stack([w[:, :, g::3].sum(-1) for g in range(3)], dim=-1)[:, :, None, :]
     torch.testing.assert_close(normalized, plain / sums)
     switched = tiny_model()
-    switched.normalize_aggregation = True  # what the trainer does during a normalized warm-up
+    switched.normalize_power = 1.0  # what the trainer sets at the start of a normalized warm-up
     torch.testing.assert_close(switched.aggregate(x, w), normalized)
+    switched.normalize_power = 0.5  # and half-way through it
+    torch.testing.assert_close(switched.aggregate(x, w), plain / sums.sqrt())
 
 
 def test_export_forward_returns_cas_and_softmax_video_scores_only():

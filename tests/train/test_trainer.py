@@ -31,7 +31,7 @@ from ecm_edge.train.distributed import DistContext  # noqa: E402
 from ecm_edge.train.trainer import (  # noqa: E402
     epoch_batches,
     learning_rate,
-    normalizes_aggregation,
+    normalization_power,
     read_metrics,
     train,
 )
@@ -219,11 +219,11 @@ def test_cosine_schedule_with_warmup():
     assert learning_rate(plain, 1) == pytest.approx(2e-4)  # no warm-up: full rate at the first epoch
 
 
-def test_normalized_warmup_covers_its_epochs_only():
-    cfg = load_config("thumos14", ["train.normalized_warmup_epochs=3"])
-    assert [normalizes_aggregation(cfg, e) for e in (1, 3, 4, 100)] == [True, True, False, False]
-    assert not normalizes_aggregation(load_config("thumos14"), 1)
-    assert normalizes_aggregation(load_config("thumos14_lite"), 100)  # normalized throughout
+def test_normalized_warmup_fades_to_the_paper_sums():
+    cfg = load_config("thumos14", ["train.normalized_warmup_epochs=4"])
+    assert [normalization_power(cfg, e) for e in (1, 2, 3, 4, 5, 100)] == pytest.approx([1, 0.75, 0.5, 0.25, 0, 0])
+    assert normalization_power(load_config("thumos14"), 1) == 0  # the paper's sums
+    assert normalization_power(load_config("thumos14_lite"), 100) == 1  # normalized throughout
 
 
 def test_patience_stops_the_run_and_keeps_the_best_epoch(data_dir, tmp_path):
