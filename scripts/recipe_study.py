@@ -6,8 +6,8 @@ difficulty and seed, the instance layout of the real annotations with ``--timeli
 ``ecm-edge eval``. One JSON line per finished run is appended to ``--results``; runs already there are skipped, so
 the study can be run piece by piece (``--max-runs``) and grows across invocations.
 
-    python scripts/recipe_study.py --work /data/study --results docs/recipe_study.jsonl \\
-        --timeline ../shared/data/thumos14 --max-runs 4
+    python scripts/recipe_study.py --work study --results docs/recipe_study.jsonl \\
+        --timeline annotations/thumos14 --max-runs 4
 
 A line: set, seed, recipe, epochs run, the first epoch whose validation mAP@0.5 is above zero, the per-epoch
 validation curve (mAP@0.5 and average), and the test mAP@0.5 and average mAP of the best epoch (in %).
