@@ -6,7 +6,6 @@ if ! python -m pip install -e . --no-deps --no-build-isolation -q; then
     echo "editable install failed; running from the source tree instead" >&2
     site="$(mktemp -d)"
     mkdir "$site/ecm_edge"
-    for entry in ecm_edge/*; do ln -s "$PWD/$entry" "$site/ecm_edge/"; done
-    for folder in train export kernels configs; do ln -s "$PWD/$folder" "$site/ecm_edge/$folder"; done
+    for entry in ecm_edge/*; do ln -s "$PWD/$entry" "$site/ecm_edge/"; done  # train, export, ... are links too
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi

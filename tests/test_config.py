@@ -34,6 +34,22 @@ def test_thumos14_carries_the_paper_constants():
     assert cfg.model.normalize_aggregation is False
 
 
+def test_thumos14_fast_is_the_paper_setting_with_a_recipe_that_ends_on_the_paper_objective():
+    from ecm_edge.train.trainer import learning_rate, normalization_power
+
+    fast, paper = load_config("thumos14_fast").to_dict(), load_config("thumos14").to_dict()
+    for section in ("data", "model", "post", "eval", "export"):
+        assert fast[section] == paper[section], section
+    changed = {key for key in fast["train"] if fast["train"][key] != paper["train"][key]}
+    assert changed == {"epochs", "lr", "lr_schedule", "lr_min_factor", "lr_warmup_epochs",
+                       "normalized_warmup_epochs", "grad_clip", "patience"}
+    cfg = load_config("thumos14_fast")
+    assert cfg.train.epochs <= 40 and cfg.train.patience > 0
+    assert learning_rate(cfg, cfg.train.epochs) == pytest.approx(paper["train"]["lr"])  # ends at the paper's lr
+    assert normalization_power(cfg, cfg.train.normalized_warmup_epochs + 1) == 0  # and on the paper's sums
+    assert normalization_power(cfg, 1) == 1
+
+
 @pytest.mark.parametrize(("name", "classes", "ratio", "k", "threshold", "seed", "decay"), [
     ("activitynet12", 100, 0.25, 25, 0.12, 7, 0),
     ("activitynet13", 200, 0.6, 60, 0.05, 1, 26),

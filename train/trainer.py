@@ -316,6 +316,8 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, device: str
         losses = _train_epoch(forward, clips, optimizer, scaler, cfg, dev, epoch, ctx, show)
         record: dict[str, Any] = {"epoch": epoch, "loss": losses, "lr": lr,
                                   "seconds": round(time.perf_counter() - started, 3)}
+        if cfg.train.normalized_warmup_epochs > 0 and not cfg.model.normalize_aggregation:
+            record["normalize_power"] = model.normalize_power
         if ctx.enabled:
             if not ddp.ranks_in_sync(model, ctx):
                 raise EcmEdgeError(f"epoch {epoch}: the {ctx.world_size} processes hold different weights")

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ecm_edge.config import Config, load_config
+from ecm_edge.config import Config, load_config, shipped_config_names
 
 
 def config_options(default: str | None = "thumos14") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -17,8 +17,7 @@ def config_options(default: str | None = "thumos14") -> Callable[[Callable[..., 
         fn = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
                           help="Override a config value (repeatable), e.g. --set train.epochs=10.")(fn)
         fn = click.option("--config", "config_name", default=default, show_default=True, metavar="NAME|PATH",
-                          help="Shipped config name (thumos14, thumos14_lite, activitynet12, activitynet13, "
-                               "small, demo) or YAML path.")(fn)
+                          help=f"Shipped config name ({', '.join(shipped_config_names())}) or YAML path.")(fn)
         return fn
 
     return decorate

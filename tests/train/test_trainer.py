@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 
 from train_helpers import (  # noqa: E402
     NUM_CLASSES,
+    TINY,
     make_dataset,
     single_thread,
     tiny_config,
@@ -226,6 +227,22 @@ def test_normalized_warmup_fades_to_the_paper_sums():
     assert normalization_power(load_config("thumos14_lite"), 100) == 1  # normalized throughout
 
 
+def test_thumos14_fast_trains_from_the_cli_and_records_its_fade(data_dir, finished_run, tmp_path):
+    from ecm_edge.cli.main import main
+
+    overrides = tiny_overrides("train.epochs=4", "train.normalized_warmup_epochs=2", "train.lr_warmup_epochs=1")
+    with single_thread(), pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", "thumos14_fast", "--data", str(data_dir), "--project", str(tmp_path),
+              "--name", "fast", "--no-progress", "--no-calibrate", *overrides])
+    assert exit_info.value.code == 0
+    history = read_metrics(tmp_path / "train" / "fast")
+    assert [r["normalize_power"] for r in history] == pytest.approx([1, 0.5, 0, 0])
+    assert history[0]["lr"] == pytest.approx(1e-3)  # one warm-up epoch: the full rate at once
+    assert history[-1]["lr"] == pytest.approx(2e-4)  # cosine down to the paper's rate
+    assert all(np.isfinite(list(r["loss"].values())).all() for r in history)
+    assert "normalize_power" not in read_metrics(finished_run.run_dir)[0]  # recorded only while it fades
+
+
 def test_patience_stops_the_run_and_keeps_the_best_epoch(data_dir, tmp_path):
     with single_thread():
         summary = train(tiny_config("train.epochs=40", "train.patience=2"), data_dir, tmp_path / "run",
@@ -287,3 +304,17 @@ def test_cuda_training_with_amp_and_compile(data_dir, tmp_path, amp, compiled):
     state = torch.load(tmp_path / "gpu" / "last.pt", weights_only=True, map_location="cpu")
     assert all(t.device.type == "cpu" and t.dtype == torch.float32 for t in state["model"].values())
     assert load_deploy(tmp_path / "gpu").model.dims.feature_dim == 32
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["off", "fp16"])
+def test_thumos14_fast_trains_on_cuda(data_dir, tmp_path, amp):
+    """Needs a CUDA GPU: the fast recipe's fade, schedule and clipping (after unscaling, with fp16) on the device."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible to torch")
+    cfg = load_config("thumos14_fast", [*TINY, "train.epochs=3", "train.normalized_warmup_epochs=2",
+                                        f"train.amp={amp}", "post.kernels=numpy"])
+    summary = train(cfg, data_dir, tmp_path / "fast", device="cuda", progress=False)
+    assert [r["normalize_power"] for r in summary.history] == pytest.approx([1, 0.5, 0])
+    assert all(np.isfinite(list(r["loss"].values())).all() for r in summary.history)
+    assert summary.history[-1]["lr"] == pytest.approx(2e-4)
