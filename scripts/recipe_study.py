@@ -171,6 +171,8 @@ def hidden_dim(line: dict) -> int:
 
 
 def run_one(args: argparse.Namespace, set_name: str, seed: int, recipe: str) -> dict:
+    from ecm_edge.train.trainer import read_metrics  # torch: only where a run is trained, not for --report
+
     data = ensure_set(args.work / "data" / set_name, *SETS[set_name], args.timeline, args.preset)
     config, overrides = RECIPES[recipe]
     name = f"{set_name}-s{seed}-{recipe}"
@@ -182,7 +184,7 @@ def run_one(args: argparse.Namespace, set_name: str, seed: int, recipe: str) -> 
     ecm_edge("train", "--config", config, "--data", str(data), "--project", str(args.work / "runs"), "--name", name,
              "--no-progress", "--no-calibrate", "--device", args.device,
              *[item for s in settings for item in ("--set", s)])
-    curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    curve = read_metrics(run)
     test = json.loads(ecm_edge("eval", "--checkpoint", str(run), "--data", str(data), "--split", "test", "--json"))
     map50 = test["map"][test["iou"].index(0.5)]
     above = next((r["epoch"] for r in curve if r.get("map", {}).get("0.5", 0) > 0), None)

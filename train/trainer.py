@@ -155,8 +155,14 @@ def normalization_power(cfg: Config, epoch: int) -> float:
     larger, wrecked the model it had trained (docs/design.md, Model and training)."""
     if cfg.model.normalize_aggregation:
         return 1.0
-    warmup = cfg.train.normalized_warmup_epochs
-    return max(0.0, 1.0 - (epoch - 1) / warmup) if warmup > 0 else 0.0
+    if not fades_normalization(cfg):
+        return 0.0
+    return max(0.0, 1.0 - (epoch - 1) / cfg.train.normalized_warmup_epochs)
+
+
+def fades_normalization(cfg: Config) -> bool:
+    """Whether the run fades the ΣW normalization out (a normalized warm-up on the paper's sums)."""
+    return cfg.train.normalized_warmup_epochs > 0 and not cfg.model.normalize_aggregation
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -316,7 +322,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, device: str
         losses = _train_epoch(forward, clips, optimizer, scaler, cfg, dev, epoch, ctx, show)
         record: dict[str, Any] = {"epoch": epoch, "loss": losses, "lr": lr,
                                   "seconds": round(time.perf_counter() - started, 3)}
-        if cfg.train.normalized_warmup_epochs > 0 and not cfg.model.normalize_aggregation:
+        if fades_normalization(cfg):
             record["normalize_power"] = model.normalize_power
         if ctx.enabled:
             if not ddp.ranks_in_sync(model, ctx):
@@ -394,17 +400,15 @@ def _train_epoch(forward: nn.Module, clips: TrainClips, optimizer: torch.optim.O
         loss, terms = total_loss(score_pre.float(), score_post.float(), score_agg.float(), labels,
                                  c2c_weight=cfg.train.c2c_weight, a2c_weight=cfg.train.a2c_weight)
         optimizer.zero_grad(set_to_none=True)
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        if cfg.train.grad_clip > 0:
+            if scaler is not None:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            nn.utils.clip_grad_norm_(forward.parameters(), cfg.train.grad_clip)
         if scaler is not None:
-            scaler.scale(loss).backward()
-            if cfg.train.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(forward.parameters(), cfg.train.grad_clip)
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
-            if cfg.train.grad_clip > 0:
-                nn.utils.clip_grad_norm_(forward.parameters(), cfg.train.grad_clip)
             optimizer.step()
         sums += torch.stack([terms[name].double() for name in LOG_TERMS])
         if show_progress:
