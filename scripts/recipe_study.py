@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, required=True, help="folder for the data sets and the runs")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="folder for the data sets and the runs (needed unless --report or --plot)")
     parser.add_argument("--results", type=Path, required=True, help="JSON lines file the runs are appended to")
     parser.add_argument("--timeline", type=Path, default=None, help="real THUMOS14 annotations (synth --timeline)")
     parser.add_argument("--hidden", type=int, default=DEFAULT_HIDDEN, help="model.hidden_dim of every recipe")
@@ -94,7 +95,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="synth preset of the sets (small: a quick check of the script, not a measurement)")
     parser.add_argument("--extra", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides after every recipe's (e.g. train.epochs=2 for a quick check)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.work is None and not (args.report or args.plot):
+        parser.error("--work is required to run the study (only --report and --plot read the results alone)")
+    return args
 
 
 def report(results: Path, recipes: list[str], hidden: int) -> str:

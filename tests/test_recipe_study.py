@@ -52,11 +52,17 @@ def test_recorded_runs_are_skipped_and_reported(recorded, tmp_path):
     assert again.returncode == 0 and "0 to go" in again.stderr
     assert results.read_text() == before
     png = tmp_path / "curves.png"
-    shown = study("--work", str(work), "--results", str(results), "--hidden", "16", "--recipes", "paper", "lite",
-                  "fast", "--report", "--plot", str(png))
+    shown = study("--results", str(results), "--hidden", "16", "--recipes", "paper", "lite", "fast",
+                  "--report", "--plot", str(png))  # reading the results needs no work folder
     assert shown.returncode == 0, shown.stderr
     rows = [row for row in shown.stdout.splitlines() if row.startswith("| d05")]
     assert [row.split("|")[2].strip() for row in rows] == ["lite", "fast"]  # recipes in the order asked
     assert png.read_bytes()[:8] == PNG_SIGNATURE
-    other_width = study("--work", str(work), "--results", str(results), "--hidden", "2048", "--report")
+    other_width = study("--results", str(results), "--hidden", "2048", "--report")
     assert "| d05" not in other_width.stdout  # a run counts at its own hidden size only
+
+
+def test_running_the_study_needs_a_work_folder(tmp_path):
+    refused = study("--results", str(tmp_path / "results.jsonl"), "--sets", "d05")
+    assert refused.returncode == 2 and "--work is required" in refused.stderr
+    assert not (tmp_path / "results.jsonl").exists()
